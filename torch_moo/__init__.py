@@ -1,0 +1,8 @@
+"""torch_moo: multi-objective, multi-task and sparse training as a drop-in for :mod:`torch.optim`."""
+
+from torch_moo import functional, objectives
+from torch_moo.base import LossSpaceOptimizer, MultiObjectiveOptimizer
+from torch_moo.chebyshev import ChebyshevALM
+
+__all__ = ["ChebyshevALM", "LossSpaceOptimizer", "MultiObjectiveOptimizer", "functional", "objectives"]
+__version__ = "0.1.0"

@@ -1,0 +1,222 @@
+"""ChebyshevALM: the augmented weighted Chebyshev problem solved by an augmented Lagrangian."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from torch_moo._validation import check_choice, check_count, check_real, check_vector
+from torch_moo.base import LossSpaceOptimizer
+from torch_moo.functional.chebyshev import (
+    MultiplierRule,
+    chebyshev_objective_weights,
+    chebyshev_terms,
+    optimal_level,
+)
+
+__all__ = ["ChebyshevALM"]
+
+
+class ChebyshevALM(LossSpaceOptimizer):
+    r"""Weighted Chebyshev scalarization by an augmented Lagrangian, driven by any base optimizer.
+
+    Hotegni, Peitz & Berkemeier, *Multi-Objective Optimization for Sparse Deep Neural Network
+    Training*, arXiv:2308.12243 (IJCNN 2024). For the preference :math:`k` (normalised to sum
+    to one), reference point :math:`a` and augmentation :math:`\varepsilon` it solves
+
+    .. math::
+
+        \min_{\theta, t}\ t \quad \text{s.t.} \quad
+        k_i \Big( (f_i - a_i) + \varepsilon \sum_j (f_j - a_j) \Big) - t \le 0,
+
+    which reaches every Pareto-optimal point for some :math:`k`, also on non-convex parts of
+    the front that no weighted sum reaches. The inner problem
+    :math:`\min_{\theta, t} t + \sum_i \psi(c_i, \lambda_i, \mu)` (PHR form, see
+    :func:`~torch_moo.functional.phr_penalty`) is minimised over :math:`t` exactly (it is
+    one-dimensional and piecewise quadratic, :func:`~torch_moo.functional.optimal_level`) and
+    over :math:`\theta` by the base optimizer, with one backward pass of
+    :math:`\sum_j \omega_j f_j` per step. The weights are the gradient of the inner problem with
+    respect to the losses, rescaled to sum to one:
+
+    .. math::
+
+        d = \operatorname{proj}_\Delta(\lambda + \mu g), \qquad
+        \omega \propto k \odot d + \varepsilon \textstyle\sum_i k_i d_i.
+
+    Small :math:`\mu` gives the multipliers' weighted sum, large :math:`\mu` the worst
+    objective alone. Every ``outer_every`` steps (or on :meth:`outer_step`) the multipliers take
+    the averaged first-order update :math:`\lambda \leftarrow \max(0, \lambda + \mu\,\bar c)`
+    and :math:`\mu \leftarrow \min(\rho\mu, \mu_{\max})`.
+
+    ``multiplier_update="reference"`` reproduces the authors' code instead: the Lagrangian
+    :math:`t + \lambda^\top c + \tfrac{\mu}{2}\|c\|^2` (inequalities treated as equalities, no
+    projection of :math:`\lambda`, weights may be negative) and
+    :math:`\lambda \leftarrow \lambda + \mu \sum_{\text{steps}} c`; the authors used
+    ``penalty=2.5e-8, penalty_growth=2`` with an outer update every 3 epochs. Their code leaves
+    :math:`t` to Adam; here it is minimised exactly in both modes.
+
+    Args:
+        params: parameters or parameter groups.
+        num_objectives: number of objectives :math:`m`.
+        preference: :math:`k`, non-negative, not all zero, one entry per objective.
+        reference: :math:`a`: ``None`` (zeros), a vector, or ``"ideal"`` to track the running
+            minimum of each loss seen at ``step()`` (the ideal point; mini-batch noise lowers it).
+        augmentation: :math:`\varepsilon \ge 0`.
+        penalty: initial :math:`\mu > 0`, in units of the weighted losses :math:`g`.
+        penalty_growth: :math:`\rho \ge 1` applied at each outer update.
+        max_penalty: cap on :math:`\mu`.
+        outer_every: steps between automatic outer updates; ``None``: only :meth:`outer_step`.
+        multiplier_update: ``"phr"`` (default) or ``"reference"``.
+        check_finite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = ChebyshevALM(model.parameters(), num_objectives=2, preference=[0.5, 0.5],
+        ...                    outer_every=10, lr=1e-2)
+        >>> x = torch.randn(8, 4)
+        >>> for _ in range(3):
+        ...     opt.zero_grad()
+        ...     out = model(x)
+        ...     weights = opt.backward(torch.stack([out[:, 0].pow(2).mean(), (out[:, 1] - 1).pow(2).mean()]))
+        ...     opt.step()
+        >>> weights.sum()
+        tensor(1.)
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        *,
+        num_objectives: int,
+        preference: Sequence[float] | Tensor,
+        reference: Sequence[float] | Tensor | str | None = None,
+        augmentation: float = 1e-4,
+        penalty: float = 1.0,
+        penalty_growth: float = 1.0,
+        max_penalty: float = 1e6,
+        outer_every: int | None = None,
+        multiplier_update: MultiplierRule = "phr",
+        check_finite: bool = True,
+        base: type[Optimizer] = torch.optim.Adam,
+        **base_kwargs: Any,
+    ) -> None:
+        num_objectives = check_count("num_objectives", num_objectives)
+        preference = check_vector("preference", preference, num_objectives)
+        if (preference < 0).any() or preference.sum() <= 0:
+            raise ValueError(f"preference must be non-negative and not all zero, got {preference.tolist()}")
+        if isinstance(reference, str):
+            check_choice("reference", reference, ["ideal"])
+        elif reference is not None:
+            reference = check_vector("reference", reference, num_objectives)
+        self.augmentation = check_real("augmentation", augmentation, minimum=0.0)
+        penalty = check_real("penalty", penalty, minimum=0.0, strict=True)
+        self.penalty_growth = check_real("penalty_growth", penalty_growth, minimum=1.0)
+        self.max_penalty = check_real("max_penalty", max_penalty, minimum=penalty)
+        self.outer_every = None if outer_every is None else check_count("outer_every", outer_every)
+        self.multiplier_update = check_choice("multiplier_update", multiplier_update, ["phr", "reference"])
+        super().__init__(params, num_objectives=num_objectives, check_finite=check_finite, base=base, **base_kwargs)
+
+        device = self._device
+        self.preference = (preference / preference.sum()).to(device)
+        self.tracks_ideal = reference == "ideal"
+        fixed = torch.zeros(num_objectives) if reference is None or self.tracks_ideal else reference
+        self._reference = fixed.to(device)
+        self._ideal = torch.full((num_objectives,), float("inf"), device=device)
+        self._multipliers = torch.full((num_objectives,), 1.0 / num_objectives, device=device)
+        self._penalty = torch.tensor(penalty, device=device)
+        self._estimate_sum = torch.zeros(num_objectives, device=device)
+        self._estimate_count = torch.zeros((), device=device)
+        self._steps = 0
+        self._since_outer = 0
+
+    # ---------------------------------------------------------------------- public state
+    @property
+    def multipliers(self) -> Tensor:
+        r"""The Lagrange multipliers :math:`\lambda` (a copy)."""
+        return self._multipliers.clone()
+
+    @property
+    def penalty(self) -> Tensor:
+        r"""The current penalty :math:`\mu` (a copy)."""
+        return self._penalty.clone()
+
+    def reference_point(self, losses: Tensor | None = None) -> Tensor:
+        """The reference point :math:`a`; when tracking the ideal point, including ``losses`` if given."""
+        if not self.tracks_ideal:
+            return self._reference.clone()
+        if losses is None:
+            return self._ideal.clone()
+        return torch.minimum(self._ideal, losses.detach().to(self._device, torch.float32))
+
+    @torch.no_grad()
+    def outer_step(self) -> None:
+        r"""Update the multipliers and the penalty from the steps since the last outer update.
+
+        A no-op when no step with finite losses was taken since then.
+        """
+        count = self._estimate_count
+        if self.multiplier_update == "phr":
+            updated = (self._estimate_sum / count.clamp_min(1)).clamp_min(0)
+        else:
+            updated = self._multipliers + self._estimate_sum - count * self._multipliers
+        taken = count > 0
+        self._multipliers.copy_(torch.where(taken, updated, self._multipliers))
+        grown = (self._penalty * self.penalty_growth).clamp_max(self.max_penalty)
+        self._penalty.copy_(torch.where(taken, grown, self._penalty))
+        self._estimate_sum.zero_()
+        self._estimate_count.zero_()
+        self._since_outer = 0
+
+    # ------------------------------------------------------------------------ internals
+    def _estimate(self, values: Tensor) -> Tensor:
+        terms = chebyshev_terms(values, self.preference, self.reference_point(values), self.augmentation)
+        return optimal_level(terms, self._multipliers, self._penalty, self.multiplier_update)[1]
+
+    def _weights(self, values: Tensor) -> Tensor:
+        estimate = self._estimate(values)
+        dual = estimate.clamp_min(0) if self.multiplier_update == "phr" else estimate
+        return chebyshev_objective_weights(dual, self.preference, self.augmentation)
+
+    def _advance(self, values: Tensor) -> None:
+        finite = torch.isfinite(values).all()
+        self._estimate_sum.add_(torch.where(finite, self._estimate(values), 0.0))
+        self._estimate_count.add_(finite)
+        if self.tracks_ideal:
+            self._ideal.copy_(torch.where(finite, torch.minimum(self._ideal, values), self._ideal))
+        self._steps += 1
+        self._since_outer += 1
+        if self.outer_every is not None and self._since_outer >= self.outer_every:
+            self.outer_step()
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            **super()._config(),
+            "preference": self.preference.tolist(),
+            "reference": "ideal" if self.tracks_ideal else self._reference.tolist(),
+            "augmentation": self.augmentation,
+            "penalty_growth": self.penalty_growth,
+            "max_penalty": self.max_penalty,
+            "outer_every": self.outer_every,
+            "multiplier_update": self.multiplier_update,
+        }
+
+    def _method_state(self) -> dict[str, Any]:
+        return {
+            "multipliers": self._multipliers.clone(),
+            "penalty": self._penalty.clone(),
+            "estimate_sum": self._estimate_sum.clone(),
+            "estimate_count": self._estimate_count.clone(),
+            "ideal": self._ideal.clone(),
+            "steps": self._steps,
+            "since_outer": self._since_outer,
+        }
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        for name in ("multipliers", "penalty", "estimate_sum", "estimate_count", "ideal"):
+            getattr(self, f"_{name}").copy_(state[name])
+        self._steps = int(state["steps"])
+        self._since_outer = int(state["since_outer"])

@@ -1,0 +1,20 @@
+"""Stateless math behind the optimizers: pure functions of tensors, usable on their own."""
+
+from torch_moo.functional.chebyshev import (
+    chebyshev_constraints,
+    chebyshev_objective_weights,
+    chebyshev_terms,
+    optimal_level,
+    phr_penalty,
+)
+from torch_moo.functional.simplex import project_simplex, simplex_threshold
+
+__all__ = [
+    "chebyshev_constraints",
+    "chebyshev_objective_weights",
+    "chebyshev_terms",
+    "optimal_level",
+    "phr_penalty",
+    "project_simplex",
+    "simplex_threshold",
+]

@@ -1,0 +1,124 @@
+r"""The augmented weighted Chebyshev problem and its augmented Lagrangian.
+
+Hotegni, Peitz & Berkemeier, *Multi-Objective Optimization for Sparse Deep Neural Network
+Training* (arXiv:2308.12243). With preference :math:`k \ge 0`, reference point :math:`a` and
+augmentation :math:`\varepsilon`, the problem over the network weights :math:`\theta` and an
+auxiliary level :math:`t` is
+
+.. math::
+
+    \min_{\theta, t}\ t \quad \text{s.t.} \quad
+    c_i = g_i(\theta) - t \le 0, \qquad
+    g_i = k_i \Big( (f_i - a_i) + \varepsilon \sum_j (f_j - a_j) \Big).
+
+Its augmented Lagrangian in the Powell-Hestenes-Rockafellar form is
+:math:`L = t + \sum_i \psi(c_i, \lambda_i, \mu)`. For fixed :math:`\theta` it is convex and
+piecewise quadratic in the scalar :math:`t`, so :func:`optimal_level` minimises it exactly
+instead of leaving :math:`t` to the base optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from torch_moo.functional.simplex import simplex_threshold
+
+__all__ = [
+    "MultiplierRule",
+    "chebyshev_terms",
+    "chebyshev_constraints",
+    "phr_penalty",
+    "optimal_level",
+    "chebyshev_objective_weights",
+]
+
+MultiplierRule = Literal["phr", "reference"]
+
+
+def chebyshev_terms(losses: Tensor, preference: Tensor, reference: Tensor, augmentation: float) -> Tensor:
+    r"""Weighted, augmented distances to the reference point.
+
+    .. math::
+
+        g_i = k_i \Big( (f_i - a_i) + \varepsilon \sum_j (f_j - a_j) \Big)
+    """
+    gaps = losses - reference
+    return preference * (gaps + augmentation * gaps.sum(dim=-1, keepdim=True))
+
+
+def chebyshev_constraints(
+    losses: Tensor, level: Tensor, preference: Tensor, reference: Tensor, augmentation: float
+) -> Tensor:
+    r"""Constraint values :math:`c_i = g_i - t` of the augmented Chebyshev problem (feasible: :math:`c \le 0`)."""
+    return chebyshev_terms(losses, preference, reference, augmentation) - level
+
+
+def phr_penalty(constraints: Tensor, multipliers: Tensor, penalty: Tensor | float) -> Tensor:
+    r"""Powell-Hestenes-Rockafellar term for inequality constraints :math:`c \le 0`.
+
+    .. math::
+
+        \psi(c, \lambda, \mu) =
+        \begin{cases}
+            \lambda c + \tfrac{\mu}{2} c^2 & c \ge -\lambda / \mu \\
+            -\lambda^2 / (2 \mu) & \text{otherwise,}
+        \end{cases}
+        \qquad \partial_c \psi = \max(0, \lambda + \mu c).
+
+    Continuous and once differentiable at the switch point :math:`c = -\lambda/\mu`
+    (Nocedal & Wright, *Numerical Optimization*, §17.4).
+    """
+    active = constraints >= -multipliers / penalty
+    return torch.where(
+        active,
+        multipliers * constraints + 0.5 * penalty * constraints.square(),
+        -multipliers.square() / (2 * penalty),
+    )
+
+
+def optimal_level(
+    terms: Tensor, multipliers: Tensor, penalty: Tensor | float, rule: MultiplierRule = "phr"
+) -> tuple[Tensor, Tensor]:
+    r"""Minimise the augmented Lagrangian over the level :math:`t` in closed form.
+
+    For ``rule="phr"``, :math:`L(t) = t + \sum_i \psi(g_i - t, \lambda_i, \mu)`; setting
+    :math:`\partial_t L = 1 - \sum_i \max(0, \lambda_i + \mu (g_i - t)) = 0` makes
+    :math:`\mu t` the simplex-projection threshold of :math:`z = \lambda + \mu g`, so the
+    derivatives :math:`\partial L / \partial g_i` are :math:`\operatorname{proj}_\Delta(z)`.
+    For ``rule="reference"`` (the equality-style
+    :math:`L = t + \lambda^\top c + \tfrac{\mu}{2}\|c\|^2` of the authors' code),
+    :math:`\mu t = (\sum_i z_i - 1) / m`.
+
+    Returns:
+        ``(level, estimate)``: the minimiser :math:`t^*` and the first-order multiplier
+        estimate :math:`\lambda + \mu\, c(t^*)`. The derivatives of :math:`L` with respect to the
+        :math:`g_i` are ``estimate.clamp_min(0)`` (PHR) or ``estimate`` (reference); the
+        estimate is formed as :math:`z - \mu t^*`, which stays accurate for tiny :math:`\mu`.
+    """
+    shifted = multipliers + penalty * terms
+    if rule == "phr":
+        threshold = simplex_threshold(shifted)
+    else:
+        threshold = (shifted.sum(dim=-1, keepdim=True) - 1) / shifted.shape[-1]
+    return threshold.squeeze(-1) / penalty, shifted - threshold
+
+
+def chebyshev_objective_weights(dual: Tensor, preference: Tensor, augmentation: float) -> Tensor:
+    r"""Weights on the objectives :math:`f_j` from the weights :math:`d_i = \partial L / \partial g_i`.
+
+    .. math::
+
+        \omega_j \propto \frac{\partial L}{\partial f_j}
+        = k_j d_j + \varepsilon \sum_i k_i d_i, \qquad \sum_j \omega_j = 1.
+
+    Rescaling the gradient by a positive number keeps its direction and the stationary points
+    of the inner problem; it makes the learning rate mean what it means for a single loss, and
+    one objective gets weight exactly 1. All-zero raw weights (every active constraint has
+    :math:`k_i = 0`) stay zero.
+    """
+    raw = preference * dual
+    raw = raw + augmentation * raw.sum(dim=-1, keepdim=True)
+    return raw / raw.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)
