@@ -33,8 +33,9 @@ def simplex_threshold(values: Tensor) -> Tensor:
     ordered = torch.sort(values, dim=-1, descending=True).values
     partial_sums = ordered.cumsum(dim=-1) - 1
     ranks = torch.arange(1, k + 1, device=values.device, dtype=values.dtype)
-    # The condition holds on a prefix and always for j = 1, so the count is the last index.
-    support = (ordered * ranks > partial_sums).sum(dim=-1, keepdim=True)
+    # The condition holds on a prefix and always for j = 1, so the count is the last index;
+    # the floor of 1 keeps the gather in bounds for non-finite input, which then yields NaN.
+    support = (ordered * ranks > partial_sums).sum(dim=-1, keepdim=True).clamp_min(1)
     return partial_sums.gather(-1, support - 1) / support.to(values.dtype)
 
 
