@@ -7,8 +7,8 @@ One full training step (zero_grad + forward + k losses + backward + step) of
 
 on identical models (same architecture, same initial weights, one copy each), the same
 synthetic batch and the same k heads. After a warm-up, the two methods run in alternating
-blocks (A B, B A, A B, ...) so that drift (thermal, allocator, other load) hits both alike;
-every step is timed on its own with ``time.perf_counter``. Reported: median ms per step of
+blocks (A B, B A, A B, ...; one step per block by default) so that drift (thermal, allocator,
+other load on the machine) hits both alike; every step is timed on its own with ``time.perf_counter``. Reported: median ms per step of
 each, the ratio of the medians, a bootstrap 95% interval of that ratio and the ratio of the
 minima as a sanity figure.
 
@@ -136,14 +136,14 @@ def main() -> None:
     parser.add_argument("--ks", default="2,4,8,16", help="comma-separated numbers of objectives/heads")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up steps per method")
-    parser.add_argument("--rounds", type=int, default=40, help="alternating blocks per method")
-    parser.add_argument("--block", type=int, default=10, help="consecutive steps per block")
+    parser.add_argument("--rounds", type=int, default=400, help="alternating blocks per method")
+    parser.add_argument("--block", type=int, default=1, help="consecutive steps per block")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="few repetitions, for a smoke check")
     args = parser.parse_args()
     if args.quick:
-        args.warmup, args.rounds, args.block, args.bootstrap = 2, 4, 2, 200
+        args.warmup, args.rounds, args.block, args.bootstrap = 3, 10, 1, 200
 
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]

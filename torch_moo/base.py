@@ -127,8 +127,8 @@ class MultiObjectiveOptimizer(Optimizer):
                 "or pass step() a closure that returns them"
             )
         self.base.step()
-        with torch.no_grad():
-            self._advance(self._pending_sum / self._pending_count)
+        # Loss values are detached and the method's state needs no grad: no graph is recorded.
+        self._advance(self._pending_sum if self._pending_count == 1 else self._pending_sum / self._pending_count)
         self._pending_sum, self._pending_count = None, 0
         return losses
 
@@ -236,8 +236,7 @@ class LossSpaceOptimizer(MultiObjectiveOptimizer):
         raise NotImplementedError
 
     def _combine(self, losses, values, *, features, scaler, retain_graph):  # noqa: D102 (documented on the base)
-        with torch.no_grad():
-            weights = self._weights(values)
+        weights = self._weights(values)
         gradient = weights if scaler is None else scaler.scale(weights)
         losses.backward(gradient.to(losses.device, losses.dtype), retain_graph=retain_graph)
         return weights

@@ -15,7 +15,7 @@ from torch_moo.functional.chebyshev import (
     MultiplierRule,
     chebyshev_objective_weights,
     chebyshev_terms,
-    optimal_level,
+    multiplier_estimate,
 )
 
 __all__ = ["ChebyshevALM"]
@@ -83,8 +83,8 @@ class ChebyshevALM(LossSpaceOptimizer):
         ...     out = model(x)
         ...     weights = opt.backward(torch.stack([out[:, 0].pow(2).mean(), (out[:, 1] - 1).pow(2).mean()]))
         ...     opt.step()
-        >>> weights.sum()
-        tensor(1.)
+        >>> bool(torch.isclose(weights.sum(), torch.tensor(1.0)))
+        True
     """
 
     def __init__(
@@ -132,6 +132,7 @@ class ChebyshevALM(LossSpaceOptimizer):
         self._estimate_count = torch.zeros((), device=device)
         self._steps = 0
         self._since_outer = 0
+        self._last_estimate: tuple[Tensor | None, Tensor | None] = (None, None)
 
     # ---------------------------------------------------------------------- public state
     @property
@@ -144,13 +145,9 @@ class ChebyshevALM(LossSpaceOptimizer):
         r"""The current penalty :math:`\mu` (a copy)."""
         return self._penalty.clone()
 
-    def reference_point(self, losses: Tensor | None = None) -> Tensor:
-        """The reference point :math:`a`; when tracking the ideal point, including ``losses`` if given."""
-        if not self.tracks_ideal:
-            return self._reference.clone()
-        if losses is None:
-            return self._ideal.clone()
-        return torch.minimum(self._ideal, losses.detach().to(self._device, torch.float32))
+    def reference_point(self) -> Tensor:
+        """The reference point :math:`a` (a copy): fixed, or the running ideal point."""
+        return (self._ideal if self.tracks_ideal else self._reference).clone()
 
     @torch.no_grad()
     def outer_step(self) -> None:
@@ -170,23 +167,33 @@ class ChebyshevALM(LossSpaceOptimizer):
         self._estimate_sum.zero_()
         self._estimate_count.zero_()
         self._since_outer = 0
+        self._last_estimate = (None, None)
 
     # ------------------------------------------------------------------------ internals
     def _estimate(self, values: Tensor) -> Tensor:
-        terms = chebyshev_terms(values, self.preference, self.reference_point(values), self.augmentation)
-        return optimal_level(terms, self._multipliers, self._penalty, self.multiplier_update)[1]
+        reference = torch.minimum(self._ideal, values) if self.tracks_ideal else self._reference
+        terms = chebyshev_terms(values, self.preference, reference, self.augmentation)
+        return multiplier_estimate(terms, self._multipliers, self._penalty, self.multiplier_update)
 
     def _weights(self, values: Tensor) -> Tensor:
         estimate = self._estimate(values)
+        self._last_estimate = (values, estimate)  # step() reuses it for the same values and state
         dual = estimate.clamp_min(0) if self.multiplier_update == "phr" else estimate
         return chebyshev_objective_weights(dual, self.preference, self.augmentation)
 
     def _advance(self, values: Tensor) -> None:
-        finite = torch.isfinite(values).all()
-        self._estimate_sum.add_(torch.where(finite, self._estimate(values), 0.0))
-        self._estimate_count.add_(finite)
+        cached_values, estimate = self._last_estimate
+        if cached_values is not values:
+            estimate = self._estimate(values)
+        count: Tensor | int = 1
+        if not self.check_finite:  # otherwise backward() has rejected non-finite losses
+            count = torch.isfinite(values).all()
+            estimate = torch.where(count, estimate, 0.0)
+            values = torch.where(count, values, self._ideal)
+        self._estimate_sum.add_(estimate)
+        self._estimate_count.add_(count)
         if self.tracks_ideal:
-            self._ideal.copy_(torch.where(finite, torch.minimum(self._ideal, values), self._ideal))
+            torch.minimum(self._ideal, values, out=self._ideal)
         self._steps += 1
         self._since_outer += 1
         if self.outer_every is not None and self._since_outer >= self.outer_every:
@@ -220,3 +227,4 @@ class ChebyshevALM(LossSpaceOptimizer):
             getattr(self, f"_{name}").copy_(state[name])
         self._steps = int(state["steps"])
         self._since_outer = int(state["since_outer"])
+        self._last_estimate = (None, None)

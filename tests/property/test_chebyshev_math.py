@@ -9,6 +9,7 @@ from torch_moo.functional import (
     chebyshev_constraints,
     chebyshev_objective_weights,
     chebyshev_terms,
+    multiplier_estimate,
     optimal_level,
     phr_penalty,
 )
@@ -86,7 +87,7 @@ def test_level_minimises_the_lagrangian(problem, offset):
     f, k, a, eps, lam, mu = problem
     terms = chebyshev_terms(*as64(f, k, a), eps)
     multipliers = torch.tensor(lam, dtype=torch.float64)
-    level, estimate = optimal_level(terms, multipliers, mu)
+    level, estimate = optimal_level(terms, multipliers, mu), multiplier_estimate(terms, multipliers, mu)
     t = level.clone().requires_grad_(True)
     lagrangian(t, terms, multipliers, mu).backward()
     # dL/dt = 1 - sum max(0, lambda + mu (g - t)): zero at the minimiser up to double rounding
@@ -104,7 +105,8 @@ def test_dual_weights_are_the_lagrangian_gradient(problem):
     f, k, a, eps, lam, mu = problem
     terms = chebyshev_terms(*as64(f, k, a), eps).requires_grad_(True)
     multipliers = torch.tensor(lam, dtype=torch.float64)
-    level, estimate = optimal_level(terms.detach(), multipliers, mu)
+    level = optimal_level(terms.detach(), multipliers, mu)
+    estimate = multiplier_estimate(terms.detach(), multipliers, mu)
     lagrangian(level, terms, multipliers, mu).backward()
     assert torch.allclose(terms.grad, estimate.clamp_min(0), atol=1e-9 * (1 + mu * 40), rtol=0)
     assert abs(estimate.clamp_min(0).sum().item() - 1) <= 1e-9 * (1 + mu * 40)
@@ -115,7 +117,8 @@ def test_reference_rule_minimises_its_own_lagrangian(problem):
     f, k, a, eps, lam, mu = problem
     terms = chebyshev_terms(*as64(f, k, a), eps)
     multipliers = torch.tensor(lam, dtype=torch.float64)
-    level, estimate = optimal_level(terms, multipliers, mu, rule="reference")
+    level = optimal_level(terms, multipliers, mu, rule="reference")
+    estimate = multiplier_estimate(terms, multipliers, mu, rule="reference")
     t = level.clone().requires_grad_(True)
     c = terms - t
     (t + (multipliers * c).sum() + mu / 2 * c.square().sum()).backward()
@@ -129,7 +132,7 @@ def test_objective_weights_are_the_normalised_loss_gradient(problem):
     losses, preference, reference = as64(f, k, a)
     multipliers = torch.tensor(lam, dtype=torch.float64)
     terms = chebyshev_terms(losses, preference, reference, eps)
-    level, estimate = optimal_level(terms, multipliers, mu)
+    level, estimate = optimal_level(terms, multipliers, mu), multiplier_estimate(terms, multipliers, mu)
     x = losses.clone().requires_grad_(True)
     lagrangian(level, chebyshev_terms(x, preference, reference, eps), multipliers, mu).backward()
     assume(x.grad.sum() > 1e-6)  # all-zero gradients (only k_i = 0 constraints active) stay zero

@@ -4,6 +4,7 @@ from torch_moo.functional.chebyshev import (
     chebyshev_constraints,
     chebyshev_objective_weights,
     chebyshev_terms,
+    multiplier_estimate,
     optimal_level,
     phr_penalty,
 )
@@ -13,6 +14,7 @@ __all__ = [
     "chebyshev_constraints",
     "chebyshev_objective_weights",
     "chebyshev_terms",
+    "multiplier_estimate",
     "optimal_level",
     "phr_penalty",
     "project_simplex",

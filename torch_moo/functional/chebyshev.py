@@ -14,7 +14,8 @@ auxiliary level :math:`t` is
 Its augmented Lagrangian in the Powell-Hestenes-Rockafellar form is
 :math:`L = t + \sum_i \psi(c_i, \lambda_i, \mu)`. For fixed :math:`\theta` it is convex and
 piecewise quadratic in the scalar :math:`t`, so :func:`optimal_level` minimises it exactly
-instead of leaving :math:`t` to the base optimizer.
+instead of leaving :math:`t` to the base optimizer, and :func:`multiplier_estimate` gives the
+multipliers' first-order estimate there.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "chebyshev_constraints",
     "phr_penalty",
     "optimal_level",
+    "multiplier_estimate",
     "chebyshev_objective_weights",
 ]
 
@@ -46,7 +48,7 @@ def chebyshev_terms(losses: Tensor, preference: Tensor, reference: Tensor, augme
         g_i = k_i \Big( (f_i - a_i) + \varepsilon \sum_j (f_j - a_j) \Big)
     """
     gaps = losses - reference
-    return preference * (gaps + augmentation * gaps.sum(dim=-1, keepdim=True))
+    return preference * torch.add(gaps, gaps.sum(dim=-1, keepdim=True), alpha=augmentation)
 
 
 def chebyshev_constraints(
@@ -79,31 +81,42 @@ def phr_penalty(constraints: Tensor, multipliers: Tensor, penalty: Tensor | floa
     )
 
 
+def _threshold(shifted: Tensor, rule: MultiplierRule) -> Tensor:
+    r""":math:`\mu t^*` from :math:`z = \lambda + \mu g`, shape ``(..., 1)``."""
+    if rule == "phr":
+        return simplex_threshold(shifted)
+    return (shifted.sum(dim=-1, keepdim=True) - 1) / shifted.shape[-1]
+
+
 def optimal_level(
     terms: Tensor, multipliers: Tensor, penalty: Tensor | float, rule: MultiplierRule = "phr"
-) -> tuple[Tensor, Tensor]:
-    r"""Minimise the augmented Lagrangian over the level :math:`t` in closed form.
+) -> Tensor:
+    r"""The level :math:`t^*` that minimises the augmented Lagrangian, in closed form.
 
     For ``rule="phr"``, :math:`L(t) = t + \sum_i \psi(g_i - t, \lambda_i, \mu)`; setting
     :math:`\partial_t L = 1 - \sum_i \max(0, \lambda_i + \mu (g_i - t)) = 0` makes
-    :math:`\mu t` the simplex-projection threshold of :math:`z = \lambda + \mu g`, so the
-    derivatives :math:`\partial L / \partial g_i` are :math:`\operatorname{proj}_\Delta(z)`.
-    For ``rule="reference"`` (the equality-style
-    :math:`L = t + \lambda^\top c + \tfrac{\mu}{2}\|c\|^2` of the authors' code),
-    :math:`\mu t = (\sum_i z_i - 1) / m`.
-
-    Returns:
-        ``(level, estimate)``: the minimiser :math:`t^*` and the first-order multiplier
-        estimate :math:`\lambda + \mu\, c(t^*)`. The derivatives of :math:`L` with respect to the
-        :math:`g_i` are ``estimate.clamp_min(0)`` (PHR) or ``estimate`` (reference); the
-        estimate is formed as :math:`z - \mu t^*`, which stays accurate for tiny :math:`\mu`.
+    :math:`\mu t^*` the simplex-projection threshold of :math:`z = \lambda + \mu g`
+    (:func:`~torch_moo.functional.simplex_threshold`). For ``rule="reference"`` (the
+    equality-style :math:`L = t + \lambda^\top c + \tfrac{\mu}{2}\|c\|^2` of the authors' code),
+    :math:`\mu t^* = (\sum_i z_i - 1) / m`.
     """
     shifted = multipliers + penalty * terms
-    if rule == "phr":
-        threshold = simplex_threshold(shifted)
-    else:
-        threshold = (shifted.sum(dim=-1, keepdim=True) - 1) / shifted.shape[-1]
-    return threshold.squeeze(-1) / penalty, shifted - threshold
+    return _threshold(shifted, rule).squeeze(-1) / penalty
+
+
+def multiplier_estimate(
+    terms: Tensor, multipliers: Tensor, penalty: Tensor | float, rule: MultiplierRule = "phr"
+) -> Tensor:
+    r"""First-order multiplier estimate :math:`\lambda + \mu\, c(t^*)` at the optimal level.
+
+    The derivatives of :math:`\min_t L` with respect to the :math:`g_i` are its positive part
+    (PHR; they lie on the simplex: :math:`\operatorname{proj}_\Delta(\lambda + \mu g)`) or the
+    estimate itself (reference rule), and the outer update averages it. Formed as
+    :math:`z - \mu t^*` with :math:`z = \lambda + \mu g`, it stays accurate for tiny :math:`\mu`,
+    where :math:`t^*` itself is ill-conditioned.
+    """
+    shifted = multipliers + penalty * terms
+    return shifted - _threshold(shifted, rule)
 
 
 def chebyshev_objective_weights(dual: Tensor, preference: Tensor, augmentation: float) -> Tensor:
@@ -120,5 +133,5 @@ def chebyshev_objective_weights(dual: Tensor, preference: Tensor, augmentation: 
     :math:`k_i = 0`) stay zero.
     """
     raw = preference * dual
-    raw = raw + augmentation * raw.sum(dim=-1, keepdim=True)
+    raw = torch.add(raw, raw.sum(dim=-1, keepdim=True), alpha=augmentation)
     return raw / raw.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)

@@ -36,7 +36,7 @@ def simplex_threshold(values: Tensor) -> Tensor:
     # The condition holds on a prefix and always for j = 1, so the count is the last index;
     # the floor of 1 keeps the gather in bounds for non-finite input, which then yields NaN.
     support = (ordered * ranks > partial_sums).sum(dim=-1, keepdim=True).clamp_min(1)
-    return partial_sums.gather(-1, support - 1) / support.to(values.dtype)
+    return partial_sums.gather(-1, support - 1) / support
 
 
 def project_simplex(values: Tensor) -> Tensor:
