@@ -55,7 +55,7 @@ class MultiObjectiveOptimizer(Optimizer):
         self.num_objectives = check_count("num_objectives", num_objectives)
         if not (isinstance(base, type) and issubclass(base, Optimizer)):
             raise TypeError(f"base must be a torch.optim.Optimizer subclass, got {base!r}")
-        if isinstance(base, type) and issubclass(base, MultiObjectiveOptimizer):
+        if issubclass(base, MultiObjectiveOptimizer):
             raise TypeError(f"base must be a single-objective optimizer, got {base.__name__}")
         self.check_finite = bool(check_finite)
         self.base = base(params, **base_kwargs)
@@ -213,7 +213,7 @@ class MultiObjectiveOptimizer(Optimizer):
 
     def _config(self) -> dict[str, Any]:
         """Hyperparameters a saved state must agree with."""
-        return {"method": type(self).__name__, "num_objectives": self.num_objectives, "base": self.base.__class__.__name__}
+        return {"method": type(self).__name__, "num_objectives": self.num_objectives, "base": type(self.base).__name__}
 
     def _method_state(self) -> dict[str, Any]:
         raise NotImplementedError

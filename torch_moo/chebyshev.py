@@ -48,7 +48,8 @@ class ChebyshevALM(LossSpaceOptimizer):
         \omega \propto k \odot d + \varepsilon \textstyle\sum_i k_i d_i.
 
     Small :math:`\mu` gives the multipliers' weighted sum, large :math:`\mu` the worst
-    objective alone. Every ``outer_every`` steps (or on :meth:`outer_step`) the multipliers take
+    objective alone. Where the front is not convex, the inner problem is locally convex only
+    above a problem-dependent penalty (the tests' Fonseca-Fleming front needs 10; 1 stalls). Every ``outer_every`` steps (or on :meth:`outer_step`) the multipliers take
     the averaged first-order update :math:`\lambda \leftarrow \max(0, \lambda + \mu\,\bar c)`
     and :math:`\mu \leftarrow \min(\rho\mu, \mu_{\max})`.
 
@@ -130,7 +131,6 @@ class ChebyshevALM(LossSpaceOptimizer):
         self._penalty = torch.tensor(penalty, device=device)
         self._estimate_sum = torch.zeros(num_objectives, device=device)
         self._estimate_count = torch.zeros((), device=device)
-        self._steps = 0
         self._since_outer = 0
         self._last_estimate: tuple[Tensor | None, Tensor | None] = (None, None)
 
@@ -194,7 +194,6 @@ class ChebyshevALM(LossSpaceOptimizer):
         self._estimate_count.add_(count)
         if self.tracks_ideal:
             torch.minimum(self._ideal, values, out=self._ideal)
-        self._steps += 1
         self._since_outer += 1
         if self.outer_every is not None and self._since_outer >= self.outer_every:
             self.outer_step()
@@ -218,13 +217,11 @@ class ChebyshevALM(LossSpaceOptimizer):
             "estimate_sum": self._estimate_sum.clone(),
             "estimate_count": self._estimate_count.clone(),
             "ideal": self._ideal.clone(),
-            "steps": self._steps,
             "since_outer": self._since_outer,
         }
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         for name in ("multipliers", "penalty", "estimate_sum", "estimate_count", "ideal"):
             getattr(self, f"_{name}").copy_(state[name])
-        self._steps = int(state["steps"])
         self._since_outer = int(state["since_outer"])
         self._last_estimate = (None, None)
