@@ -39,7 +39,8 @@ class MultiObjectiveOptimizer(Optimizer):
         check_finite: raise on non-finite losses (one host synchronisation per ``backward``).
             With ``False`` such losses reach ``.grad`` as in plain PyTorch (where a
             :class:`torch.amp.GradScaler` skips the step) and never enter the method's state.
-        base: the optimizer class that updates the parameters.
+        base: the optimizer class that updates the parameters (one that needs a closure for
+            every step, such as :class:`torch.optim.LBFGS`, is not supported).
         **base_kwargs: passed to ``base``.
     """
 
@@ -190,6 +191,14 @@ class MultiObjectiveOptimizer(Optimizer):
                 value = value.to(self._device, torch.float32)
             checked[key] = value
         return checked
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Optimizer keeps only defaults, state and param_groups; the base and the method's state
+        # must travel too (copy.deepcopy, pickling the whole optimizer).
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_objectives={self.num_objectives}, base={self.base!r})"

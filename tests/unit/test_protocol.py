@@ -354,3 +354,34 @@ def test_non_finite_losses_never_enter_the_state_without_the_check():
         opt.step()
     assert torch.isfinite(opt.multipliers).all() and torch.isfinite(opt.penalty)
     torch.testing.assert_close(opt.reference_point(), torch.tensor([0.5, 2.0]))
+
+
+def test_deepcopy_keeps_the_base_and_the_method_state():
+    import copy
+
+    model = TwoHeads()
+    opt = make(model)
+    train(model, opt, 4)
+    before = flat_parameters(model)
+    clone = copy.deepcopy(opt)
+    assert clone.param_groups is clone.base.param_groups and clone.state is clone.base.state
+    assert torch.equal(clone.multipliers, opt.multipliers)
+    clone_params = [p for group in clone.param_groups for p in group["params"]]
+    copied = torch.cat([p.detach().reshape(-1) for p in clone_params])
+    assert torch.equal(copied, before)
+    clone.zero_grad()
+    clone.backward(torch.stack([clone_params[0].sum(), clone_params[1].sum()]))
+    clone.step()
+    assert not torch.equal(torch.cat([p.detach().reshape(-1) for p in clone_params]), copied)
+    assert torch.equal(flat_parameters(model), before)  # the original is untouched
+
+
+def test_loss_space_methods_ignore_features():
+    a, b = TwoHeads(), TwoHeads()
+    opt_a, opt_b = make(a), make(b)
+    x = torch.randn(4, 6)
+    weights_a = opt_a.backward(task_losses(a, 0), features=a.trunk(x))
+    weights_b = opt_b.backward(task_losses(b, 0))
+    assert torch.equal(weights_a, weights_b)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p.grad, q.grad)
