@@ -3,6 +3,14 @@
 from torch_moo import functional, objectives
 from torch_moo.base import LossSpaceOptimizer, MultiObjectiveOptimizer
 from torch_moo.chebyshev import ChebyshevALM
+from torch_moo.minmax import MinMaxWeighting
 
-__all__ = ["ChebyshevALM", "LossSpaceOptimizer", "MultiObjectiveOptimizer", "functional", "objectives"]
+__all__ = [
+    "ChebyshevALM",
+    "LossSpaceOptimizer",
+    "MinMaxWeighting",
+    "MultiObjectiveOptimizer",
+    "functional",
+    "objectives",
+]
 __version__ = "0.1.0"

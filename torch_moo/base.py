@@ -111,7 +111,8 @@ class MultiObjectiveOptimizer(Optimizer):
 
         Args:
             closure: optional; re-evaluates the model and returns the loss vector (without
-                calling backward, which ``step`` does). Not combinable with GradScaler.
+                calling backward, which ``step`` does), or ``None`` after calling :meth:`backward`
+                itself. Not combinable with GradScaler.
 
         Returns:
             The closure's losses, or ``None``.
@@ -120,7 +121,8 @@ class MultiObjectiveOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 losses = closure()
-            self.backward(losses)
+            if losses is not None:  # a closure returning None (Lightning's) has done the backward itself
+                self.backward(losses)
         if self._pending_sum is None:
             raise RuntimeError(
                 f"{type(self).__name__}.step() found no backward() since the last step() or zero_grad(): "
@@ -160,7 +162,7 @@ class MultiObjectiveOptimizer(Optimizer):
             )
         saved = state_dict[STATE_KEY]
         current = self._config()
-        for key in sorted(set(current) | set(saved["config"])):
+        for key in sorted(set(current) | set(saved["config"]), key=lambda key: (key != "method", key)):
             if saved["config"].get(key) != current.get(key):
                 raise ValueError(
                     f"state_dict was saved with {key}={saved['config'].get(key)!r}, "
@@ -219,6 +221,10 @@ class MultiObjectiveOptimizer(Optimizer):
     def _advance(self, values: Tensor) -> None:
         """Update the method's state after the base step, from the mean loss values of the backward calls."""
         raise NotImplementedError
+
+    def _finite(self, values: Tensor) -> Tensor | None:
+        """``None`` when :meth:`backward` has already rejected non-finite losses, else whether ``values`` are finite."""
+        return None if self.check_finite else torch.isfinite(values).all()
 
     def _config(self) -> dict[str, Any]:
         """Hyperparameters a saved state must agree with."""

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from torch_moo._running import RunningMean
 from torch_moo._validation import check_choice, check_count, check_real, check_vector
 from torch_moo.base import LossSpaceOptimizer
 from torch_moo.functional.chebyshev import (
@@ -129,8 +130,7 @@ class ChebyshevALM(LossSpaceOptimizer):
         self._ideal = torch.full((num_objectives,), float("inf"), device=device)
         self._multipliers = torch.full((num_objectives,), 1.0 / num_objectives, device=device)
         self._penalty = torch.tensor(penalty, device=device)
-        self._estimate_sum = torch.zeros(num_objectives, device=device)
-        self._estimate_count = torch.zeros((), device=device)
+        self._estimates = RunningMean(num_objectives, device)
         self._since_outer = 0
         self._last_estimate: tuple[Tensor | None, Tensor | None] = (None, None)
 
@@ -155,17 +155,16 @@ class ChebyshevALM(LossSpaceOptimizer):
 
         A no-op when no step with finite losses was taken since then.
         """
-        count = self._estimate_count
+        count = self._estimates.count
         if self.multiplier_update == "phr":
-            updated = (self._estimate_sum / count.clamp_min(1)).clamp_min(0)
+            updated = self._estimates.mean().clamp_min(0)
         else:
-            updated = self._multipliers + self._estimate_sum - count * self._multipliers
+            updated = self._multipliers + self._estimates.total - count * self._multipliers
         taken = count > 0
         self._multipliers.copy_(torch.where(taken, updated, self._multipliers))
         grown = (self._penalty * self.penalty_growth).clamp_max(self.max_penalty)
         self._penalty.copy_(torch.where(taken, grown, self._penalty))
-        self._estimate_sum.zero_()
-        self._estimate_count.zero_()
+        self._estimates.reset()
         self._since_outer = 0
         self._last_estimate = (None, None)
 
@@ -185,15 +184,11 @@ class ChebyshevALM(LossSpaceOptimizer):
         cached_values, estimate = self._last_estimate
         if cached_values is not values:
             estimate = self._estimate(values)
-        count: Tensor | int = 1
-        if not self.check_finite:  # otherwise backward() has rejected non-finite losses
-            count = torch.isfinite(values).all()
-            estimate = torch.where(count, estimate, 0.0)
-            values = torch.where(count, values, self._ideal)
-        self._estimate_sum.add_(estimate)
-        self._estimate_count.add_(count)
+        finite = self._finite(values)
+        self._estimates.add(estimate, finite)
         if self.tracks_ideal:
-            torch.minimum(self._ideal, values, out=self._ideal)
+            seen = values if finite is None else torch.where(finite, values, self._ideal)
+            torch.minimum(self._ideal, seen, out=self._ideal)
         self._since_outer += 1
         if self.outer_every is not None and self._since_outer >= self.outer_every:
             self.outer_step()
@@ -214,14 +209,17 @@ class ChebyshevALM(LossSpaceOptimizer):
         return {
             "multipliers": self._multipliers.clone(),
             "penalty": self._penalty.clone(),
-            "estimate_sum": self._estimate_sum.clone(),
-            "estimate_count": self._estimate_count.clone(),
+            "estimate_sum": self._estimates.total.clone(),
+            "estimate_count": self._estimates.count.clone(),
             "ideal": self._ideal.clone(),
             "since_outer": self._since_outer,
         }
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
-        for name in ("multipliers", "penalty", "estimate_sum", "estimate_count", "ideal"):
-            getattr(self, f"_{name}").copy_(state[name])
+        self._multipliers.copy_(state["multipliers"])
+        self._penalty.copy_(state["penalty"])
+        self._estimates.total.copy_(state["estimate_sum"])
+        self._estimates.count.copy_(state["estimate_count"])
+        self._ideal.copy_(state["ideal"])
         self._since_outer = int(state["since_outer"])
         self._last_estimate = (None, None)

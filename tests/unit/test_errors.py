@@ -139,3 +139,37 @@ def test_weights_checks_its_input_too():
     with pytest.raises(ValueError, match="losses must hold num_objectives=2 values, got 3"):
         opt.weights(torch.ones(3))
     assert torch.equal(opt.weights(torch.tensor([1.0, 1.0])), torch.tensor([0.5, 0.5]))
+
+
+MINMAX_CONSTRUCTION = [
+    ({"gamma": -1.0}, ValueError, r"gamma must be >= 0.0, got -1.0"),
+    ({"ascent_step": 0.0}, ValueError, r"ascent_step must be > 0.0, got 0.0"),
+    ({"gamma": 5.0, "ascent_step": 0.4}, ValueError, r"ascent_step \* gamma must be < 2 for the ascent to converge, got 0.4 \* 5.0"),
+    ({"update_every": 0}, ValueError, r"update_every must be >= 1, got 0"),
+    ({"ascent": "sgd"}, ValueError, r"ascent must be one of 'projected', 'mirror'; got 'sgd'"),
+    ({"num_objectives": 0}, ValueError, r"num_objectives must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("change, error, message", MINMAX_CONSTRUCTION, ids=[str(c[0]) for c in MINMAX_CONSTRUCTION])
+def test_bad_minmax_construction(change, error, message):
+    from torch_moo import MinMaxWeighting
+
+    with pytest.raises(error, match=message):
+        MinMaxWeighting(TwoHeads().parameters(), **{"num_objectives": 2, **change})
+
+
+def test_minmax_state_dict_from_another_configuration_changes_nothing():
+    from torch_moo import MinMaxWeighting
+
+    saved = MinMaxWeighting(TwoHeads().parameters(), num_objectives=2, ascent="mirror").state_dict()
+    model = TwoHeads()
+    opt = MinMaxWeighting(model.parameters(), num_objectives=2, lr=1e-2)
+    opt.backward(task_losses(model, 0))
+    opt.step()
+    before = _snapshot(model, opt)
+    with pytest.raises(ValueError, match=r"saved with ascent='mirror', but this MinMaxWeighting has ascent='projected'"):
+        opt.load_state_dict(saved)
+    with pytest.raises(ValueError, match=r"saved with method='ChebyshevALM', but this MinMaxWeighting has method='MinMaxWeighting'"):
+        opt.load_state_dict(_saved())
+    _assert_unchanged(before, _snapshot(model, opt))

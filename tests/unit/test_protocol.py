@@ -8,13 +8,40 @@ import torch
 from torch.optim import lr_scheduler
 
 from tests.helpers import TwoHeads, flat_parameters, task_losses
-from torch_moo import ChebyshevALM
+from torch_moo import ChebyshevALM, MinMaxWeighting
+
+# Every torch_moo optimizer with small settings under which its own state moves within a few
+# steps; the protocol tests below run for each. A one-objective variant is built from the same entry.
+OPTIMIZERS = {
+    "ChebyshevALM": (ChebyshevALM, dict(preference=[0.3, 0.7], outer_every=3, penalty=5.0)),
+    "MinMaxWeighting": (MinMaxWeighting, dict(update_every=2)),
+}
 
 
-def make(model, **kwargs):
-    options = dict(num_objectives=2, preference=[0.3, 0.7], outer_every=3, lr=1e-2)
+@pytest.fixture(params=sorted(OPTIMIZERS))
+def method(request):
+    return request.param
+
+
+def make(model, method="ChebyshevALM", num_objectives=2, **kwargs):
+    cls, defaults = OPTIMIZERS[method]
+    options = dict(defaults, lr=1e-2)
+    if num_objectives == 1 and "preference" in options:
+        options["preference"] = [1.0]
     options.update(kwargs)
-    return ChebyshevALM(model.parameters(), **options)
+    params = model.parameters() if isinstance(model, torch.nn.Module) else model
+    return cls(params, num_objectives=num_objectives, **options)
+
+
+def method_state(opt):
+    state = opt.state_dict()["torch_moo"]["state"]
+    return {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+
+
+def assert_same_state(first, second):
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        assert torch.equal(second[key], value) if isinstance(value, torch.Tensor) else second[key] == value, key
 
 
 def train(model, opt, steps, start=0, scheduler=None):
@@ -26,9 +53,9 @@ def train(model, opt, steps, start=0, scheduler=None):
             scheduler.step()
 
 
-def test_is_an_optimizer_sharing_the_base_groups_and_state():
+def test_is_an_optimizer_sharing_the_base_groups_and_state(method):
     model = TwoHeads()
-    opt = make(model)
+    opt = make(model, method)
     assert isinstance(opt, torch.optim.Optimizer)
     assert opt.param_groups is opt.base.param_groups
     assert opt.state is opt.base.state
@@ -73,16 +100,13 @@ def test_scheduler_table_covers_every_scheduler_in_torch():
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
-def test_every_scheduler_drives_it_exactly_like_the_base(name):
-    # With one objective the method is the base optimizer, so the learning rates, the momentum
+def test_every_scheduler_drives_it_exactly_like_the_base(name, method):
+    # With one objective every method is the base optimizer, so the learning rates, the momentum
     # that CyclicLR/OneCycleLR cycle through Adam's betas, and the parameters must agree bit for bit.
     runs = []
     for wrapped in (True, False):
         model = TwoHeads()
-        if wrapped:
-            opt = ChebyshevALM(model.parameters(), num_objectives=1, preference=[1.0], lr=1e-2)
-        else:
-            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        opt = make(model, method, num_objectives=1) if wrapped else torch.optim.Adam(model.parameters(), lr=1e-2)
         scheduler = SCHEDULERS[name](opt)
         history = []
         for step in range(8):
@@ -105,10 +129,9 @@ def test_every_scheduler_drives_it_exactly_like_the_base(name):
 
 @pytest.mark.parametrize("base, kwargs", [(torch.optim.Adam, {}), (torch.optim.SGD, {"momentum": 0.9}),
                                           (torch.optim.AdamW, {"weight_decay": 0.1})])
-def test_one_objective_is_the_base_optimizer_exactly(base, kwargs):
+def test_one_objective_is_the_base_optimizer_exactly(base, kwargs, method):
     wrapped, plain = TwoHeads(), TwoHeads()
-    opt = ChebyshevALM(wrapped.parameters(), num_objectives=1, preference=[2.0], outer_every=2,
-                       base=base, lr=1e-2, **kwargs)
+    opt = make(wrapped, method, num_objectives=1, base=base, **kwargs)
     reference = base(plain.parameters(), lr=1e-2, **kwargs)
     for step in range(10):
         opt.zero_grad()
@@ -120,9 +143,9 @@ def test_one_objective_is_the_base_optimizer_exactly(base, kwargs):
     assert torch.equal(flat_parameters(wrapped), flat_parameters(plain))
 
 
-def test_backward_fills_grad_with_the_weighted_sum_and_accumulates():
+def test_backward_fills_grad_with_the_weighted_sum_and_accumulates(method):
     model = TwoHeads()
-    opt = make(model)
+    opt = make(model, method)
     opt.zero_grad()
     weights = opt.backward(task_losses(model, 0))
     assert weights.dtype == torch.float32 and not weights.requires_grad
@@ -151,9 +174,9 @@ def test_accumulated_backward_calls_update_the_state_with_their_mean_losses():
     torch.testing.assert_close(opt.reference_point(), other.reference_point())
 
 
-def test_retain_graph_allows_a_second_backward():
+def test_retain_graph_allows_a_second_backward(method):
     model = TwoHeads()
-    opt = make(model)
+    opt = make(model, method)
     losses = task_losses(model, 0)
     opt.backward(losses, retain_graph=True)
     opt.backward(losses)
@@ -161,10 +184,10 @@ def test_retain_graph_allows_a_second_backward():
         opt.backward(losses)
 
 
-def test_step_without_backward_raises_and_zero_grad_forgets_the_backward():
+def test_step_without_backward_raises_and_zero_grad_forgets_the_backward(method):
     model = TwoHeads()
-    opt = make(model)
-    with pytest.raises(RuntimeError, match=r"ChebyshevALM.step\(\) found no backward\(\).*opt.backward\(losses\)"):
+    opt = make(model, method)
+    with pytest.raises(RuntimeError, match=rf"{method}.step\(\) found no backward\(\).*opt.backward\(losses\)"):
         opt.step()
     opt.backward(task_losses(model, 0))
     opt.zero_grad()
@@ -177,9 +200,9 @@ def test_step_without_backward_raises_and_zero_grad_forgets_the_backward():
         opt.step()
 
 
-def test_closure_step_equals_backward_then_step():
+def test_closure_step_equals_backward_then_step(method):
     a, b = TwoHeads(), TwoHeads()
-    opt_a, opt_b = make(a), make(b)
+    opt_a, opt_b = make(a, method), make(b, method)
     for step in range(5):
         def closure(step=step):
             opt_a.zero_grad()
@@ -191,12 +214,12 @@ def test_closure_step_equals_backward_then_step():
         opt_b.backward(task_losses(b, step))
         opt_b.step()
     assert torch.equal(flat_parameters(a), flat_parameters(b))
-    assert torch.equal(opt_a.multipliers, opt_b.multipliers)
+    assert_same_state(method_state(opt_a), method_state(opt_b))
 
 
-def test_gradient_clipping_between_backward_and_step():
+def test_gradient_clipping_between_backward_and_step(method):
     model = TwoHeads()
-    opt = make(model)
+    opt = make(model, method)
     opt.zero_grad()
     opt.backward(task_losses(model, 0) * 100)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
@@ -205,9 +228,9 @@ def test_gradient_clipping_between_backward_and_step():
     opt.step()
 
 
-def test_add_param_group_reaches_the_base():
+def test_add_param_group_reaches_the_base(method):
     model = TwoHeads()
-    opt = make(model)
+    opt = make(model, method)
     extra = torch.nn.Parameter(torch.ones(3))
     opt.add_param_group({"params": [extra], "lr": 0.1})
     assert opt.base.param_groups[-1]["params"][0] is extra
@@ -217,9 +240,9 @@ def test_add_param_group_reaches_the_base():
     assert not torch.equal(extra.detach(), torch.ones(3))
 
 
-def test_step_hooks_run_once_per_step():
+def test_step_hooks_run_once_per_step(method):
     model = TwoHeads()
-    opt = make(model)
+    opt = make(model, method)
     calls = []
     pre = opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
     post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
@@ -231,17 +254,15 @@ def test_step_hooks_run_once_per_step():
     assert len(calls) == 4
 
 
-def _method_state(opt):
-    state = opt.state_dict()["torch_moo"]["state"]
-    return {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+EVERY_STEP = {"ChebyshevALM": {"outer_every": 1}, "MinMaxWeighting": {"update_every": 1}}
 
 
-def test_gradscaler_skipped_step_advances_no_state():
+def test_gradscaler_skipped_step_advances_no_state(method):
     model = TwoHeads()
-    opt = make(model, outer_every=1)
+    opt = make(model, method, **EVERY_STEP[method])
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     train(model, opt, 2)
-    before_method, before_params = _method_state(opt), flat_parameters(model)
+    before_method, before_params = method_state(opt), flat_parameters(model)
     before_steps = [s["step"].clone() for s in opt.state.values()]
     opt.zero_grad()
     opt.backward(task_losses(model, 5), scaler=scaler)
@@ -249,17 +270,18 @@ def test_gradscaler_skipped_step_advances_no_state():
     scaler.step(opt)
     scaler.update()
     assert scaler.get_scale() == 2.0**9
-    after = _method_state(opt)
-    assert all(torch.equal(after[k], v) if isinstance(v, torch.Tensor) else after[k] == v
-               for k, v in before_method.items())
+    assert_same_state(before_method, method_state(opt))
     assert torch.equal(flat_parameters(model), before_params)
     assert [s["step"] for s in opt.state.values()] == before_steps
+    train(model, opt, 1)  # a later step does advance it: the comparison above is not vacuous
+    with pytest.raises(AssertionError):
+        assert_same_state(before_method, method_state(opt))
 
 
-def test_gradscaler_step_equals_an_unscaled_step():
+def test_gradscaler_step_equals_an_unscaled_step(method):
     # Power-of-two scales are exact in floating point, so scaling then unscaling changes no bit.
     a, b = TwoHeads(), TwoHeads()
-    opt_a, opt_b = make(a), make(b)
+    opt_a, opt_b = make(a, method), make(b, method)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     for step in range(4):
         opt_a.zero_grad()
@@ -272,17 +294,25 @@ def test_gradscaler_step_equals_an_unscaled_step():
     assert torch.equal(flat_parameters(a), flat_parameters(b))
 
 
-@pytest.mark.parametrize("options", [{}, {"reference": "ideal"}, {"multiplier_update": "reference", "penalty": 1e-3,
-                                                                   "penalty_growth": 2.0}])
-def test_resume_is_bit_exact(options):
+RESUME_CASES = [
+    ("ChebyshevALM", {}),
+    ("ChebyshevALM", {"reference": "ideal"}),
+    ("ChebyshevALM", {"multiplier_update": "reference", "penalty": 1e-3, "penalty_growth": 2.0}),
+    ("MinMaxWeighting", {}),
+    ("MinMaxWeighting", {"ascent": "mirror", "update_every": 3}),
+]
+
+
+@pytest.mark.parametrize("method, options", RESUME_CASES)
+def test_resume_is_bit_exact(method, options):
     steps = 14
     straight = TwoHeads()
-    opt = make(straight, **options)
+    opt = make(straight, method, **options)
     scheduler = lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     train(straight, opt, steps, scheduler=scheduler)
 
     first = TwoHeads()
-    opt_first = make(first, **options)
+    opt_first = make(first, method, **options)
     sched_first = lr_scheduler.CosineAnnealingLR(opt_first, T_max=steps)
     train(first, opt_first, steps // 2, scheduler=sched_first)
     buffer = io.BytesIO()
@@ -291,7 +321,7 @@ def test_resume_is_bit_exact(options):
     checkpoint = torch.load(buffer, weights_only=True)
 
     resumed = TwoHeads(seed=99)
-    opt_resumed = make(resumed, **options)
+    opt_resumed = make(resumed, method, **options)
     sched_resumed = lr_scheduler.CosineAnnealingLR(opt_resumed, T_max=steps)
     resumed.load_state_dict(checkpoint["model"])
     opt_resumed.load_state_dict(checkpoint["opt"])
@@ -300,16 +330,13 @@ def test_resume_is_bit_exact(options):
     train(resumed, opt_resumed, steps - steps // 2, start=steps // 2, scheduler=sched_resumed)
 
     assert torch.equal(flat_parameters(resumed), flat_parameters(straight))
-    final, expected = _method_state(opt_resumed), _method_state(opt)
-    assert final.keys() == expected.keys()
-    for key, value in expected.items():
-        assert torch.equal(final[key], value) if isinstance(value, torch.Tensor) else final[key] == value
+    assert_same_state(method_state(opt), method_state(opt_resumed))
     assert opt_resumed.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
 
 
-def test_state_dict_is_the_base_format_plus_the_method_entry():
+def test_state_dict_is_the_base_format_plus_the_method_entry(method):
     model = TwoHeads()
-    opt = make(model)
+    opt = make(model, method)
     train(model, opt, 1)
     state = opt.state_dict()
     assert set(state) == {"state", "param_groups", "torch_moo"}
@@ -356,16 +383,16 @@ def test_non_finite_losses_never_enter_the_state_without_the_check():
     torch.testing.assert_close(opt.reference_point(), torch.tensor([0.5, 2.0]))
 
 
-def test_deepcopy_keeps_the_base_and_the_method_state():
+def test_deepcopy_keeps_the_base_and_the_method_state(method):
     import copy
 
     model = TwoHeads()
-    opt = make(model)
+    opt = make(model, method)
     train(model, opt, 4)
     before = flat_parameters(model)
     clone = copy.deepcopy(opt)
     assert clone.param_groups is clone.base.param_groups and clone.state is clone.base.state
-    assert torch.equal(clone.multipliers, opt.multipliers)
+    assert_same_state(method_state(opt), method_state(clone))
     clone_params = [p for group in clone.param_groups for p in group["params"]]
     copied = torch.cat([p.detach().reshape(-1) for p in clone_params])
     assert torch.equal(copied, before)
@@ -376,12 +403,24 @@ def test_deepcopy_keeps_the_base_and_the_method_state():
     assert torch.equal(flat_parameters(model), before)  # the original is untouched
 
 
-def test_loss_space_methods_ignore_features():
+def test_loss_space_methods_ignore_features(method):
     a, b = TwoHeads(), TwoHeads()
-    opt_a, opt_b = make(a), make(b)
+    opt_a, opt_b = make(a, method), make(b, method)
     x = torch.randn(4, 6)
     weights_a = opt_a.backward(task_losses(a, 0), features=a.trunk(x))
     weights_b = opt_b.backward(task_losses(b, 0))
     assert torch.equal(weights_a, weights_b)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p.grad, q.grad)
+
+
+def test_closure_returning_none_steps_after_its_own_backward(method):
+    # Lightning's LightningOptimizer.step passes such a closure in manual optimization.
+    a, b = TwoHeads(), TwoHeads()
+    opt_a, opt_b = make(a, method), make(b, method)
+    for opt, model in ((opt_a, a), (opt_b, b)):
+        opt.zero_grad()
+        opt.backward(task_losses(model, 0))
+    assert opt_a.step(lambda: None) is None
+    opt_b.step()
+    assert torch.equal(flat_parameters(a), flat_parameters(b))

@@ -13,8 +13,8 @@ auxiliary level :math:`t` is
 
 Its augmented Lagrangian in the Powell-Hestenes-Rockafellar form is
 :math:`L = t + \sum_i \psi(c_i, \lambda_i, \mu)`. For fixed :math:`\theta` it is convex and
-piecewise quadratic in the scalar :math:`t`, so :func:`optimal_level` minimises it exactly
-instead of leaving :math:`t` to the base optimizer, and :func:`multiplier_estimate` gives the
+piecewise quadratic in the scalar :math:`t`, so :func:`~torch_moo.functional.optimal_level` minimises it exactly
+instead of leaving :math:`t` to the base optimizer, and :func:`~torch_moo.functional.multiplier_estimate` gives the
 multipliers' first-order estimate there.
 """
 
