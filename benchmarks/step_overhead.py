@@ -1,22 +1,23 @@
-"""Per-step overhead of ``torch_moo.ChebyshevALM`` over plain ``torch.optim.Adam``.
+"""Per-step overhead of the loss-space torch_moo optimizers over plain ``torch.optim.Adam``.
 
 One full training step (zero_grad + forward + k losses + backward + step) of
 
 * plain Adam on the summed loss: ``sum(losses).backward(); opt.step()``, and
-* ChebyshevALM (base=Adam): ``opt.backward(torch.stack(losses)); opt.step()``,
+* each method in ``--methods`` (base Adam): ``opt.backward(torch.stack(losses)); opt.step()``,
 
 on identical models (same architecture, same initial weights, one copy each), the same
-synthetic batch and the same k heads. After a warm-up, the two methods run in alternating
-blocks (A B, B A, A B, ...; one step per block by default) so that drift (thermal, allocator,
-other load on the machine) hits both alike; every step is timed on its own with ``time.perf_counter``. Reported: median ms per step of
-each, the ratio of the medians, a bootstrap 95% interval of that ratio and the ratio of the
-minima as a sanity figure.
+synthetic batch and the same k heads. After a warm-up, the methods run in alternating order
+(A B C, C B A, ...; one step per block by default) so that drift (thermal, allocator, other
+load on the machine) hits all alike; every step is timed on its own with
+``time.perf_counter``. Reported per method: median ms per step next to Adam's, the ratio of
+the medians, a bootstrap 95% interval of that ratio and the ratio of the minima as a sanity
+figure.
 
 Usage::
 
     python benchmarks/step_overhead.py                 # full run
     python benchmarks/step_overhead.py --quick         # smoke check
-    python benchmarks/step_overhead.py --models mlp --ks 2,16 --threads 2
+    python benchmarks/step_overhead.py --models mlp --ks 2,16 --methods MinMaxWeighting
 
 Not a test: pytest does not collect it (no ``test_`` names, outside ``tests/``).
 """
@@ -73,31 +74,37 @@ def build(model: str, k: int, seed: int) -> tuple[nn.Module, Tensor, Tensor]:
     return net, x, y
 
 
-def make_steps(model: str, k: int, seed: int) -> dict[str, Callable[[], None]]:
+METHODS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "ChebyshevALM": lambda params, k: torch_moo.ChebyshevALM(
+        params, num_objectives=k, preference=[1.0 / k] * k, outer_every=100, lr=1e-3
+    ),
+    "MinMaxWeighting": lambda params, k: torch_moo.MinMaxWeighting(params, num_objectives=k, lr=1e-3),
+}
+
+
+def make_steps(model: str, k: int, seed: int, methods: list[str]) -> dict[str, Callable[[], None]]:
+    """One step function for Adam on the summed loss and one per torch_moo method, each on its own model copy."""
     net, x, y = build(model, k, seed)
-    net_adam, net_cheb = net, copy.deepcopy(net)
-    adam = torch.optim.Adam(net_adam.parameters(), lr=1e-3)
-    cheb = torch_moo.ChebyshevALM(
-        net_cheb.parameters(), num_objectives=k, preference=[1.0 / k] * k,
-        outer_every=100, base=torch.optim.Adam, lr=1e-3,
-    )
     labels = [y[:, i] for i in range(k)]
 
-    def adam_step() -> None:
-        adam.zero_grad()
-        outs = net_adam(x)
-        losses = [F.cross_entropy(out, label) for out, label in zip(outs, labels)]
+    def adam_step(net=net, opt=torch.optim.Adam(net.parameters(), lr=1e-3)) -> None:
+        opt.zero_grad()
+        losses = [F.cross_entropy(out, label) for out, label in zip(net(x), labels)]
         sum(losses).backward()
-        adam.step()
+        opt.step()
 
-    def cheb_step() -> None:
-        cheb.zero_grad()
-        outs = net_cheb(x)
-        losses = [F.cross_entropy(out, label) for out, label in zip(outs, labels)]
-        cheb.backward(torch.stack(losses))
-        cheb.step()
+    steps = {"Adam": adam_step}
+    for name in methods:
+        copy_ = copy.deepcopy(net)
 
-    return {"adam": adam_step, "cheb": cheb_step}
+        def method_step(net=copy_, opt=METHODS[name](copy_.parameters(), k)) -> None:
+            opt.zero_grad()
+            losses = [F.cross_entropy(out, label) for out, label in zip(net(x), labels)]
+            opt.backward(torch.stack(losses))
+            opt.step()
+
+        steps[name] = method_step
+    return steps
 
 
 def time_steps(step: Callable[[], None], n: int, out: list[float]) -> None:
@@ -109,13 +116,13 @@ def time_steps(step: Callable[[], None], n: int, out: list[float]) -> None:
 
 def measure(steps: dict[str, Callable[[], None]], warmup: int, rounds: int, block: int) -> dict[str, list[float]]:
     for _ in range(warmup):
-        steps["adam"]()
-        steps["cheb"]()
-    times: dict[str, list[float]] = {"adam": [], "cheb": []}
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
     gc.collect()
     for r in range(rounds):
-        order = ("adam", "cheb") if r % 2 == 0 else ("cheb", "adam")
-        for name in order:
+        for name in names if r % 2 == 0 else reversed(names):
             time_steps(steps[name], block, times[name])
     return times
 
@@ -134,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
     parser.add_argument("--ks", default="2,4,8,16", help="comma-separated numbers of objectives/heads")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up steps per method")
     parser.add_argument("--rounds", type=int, default=400, help="alternating blocks per method")
@@ -148,27 +156,34 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {sorted(METHODS)}")
     n = args.rounds * args.block
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, "
         f"warm-up {args.warmup}, {args.rounds} alternating blocks x {args.block} steps = {n} timed steps per method"
     )
     print()
-    print("| model | k | Adam ms | ChebyshevALM ms | ratio | 95% CI | min ratio |")
-    print("|---|---:|---:|---:|---:|---|---:|")
+    print("| model | k | method | Adam ms | method ms | ratio | 95% CI | min ratio |")
+    print("|---|---:|---|---:|---:|---:|---|---:|")
     for model in models:
         for k in ks:
-            times = measure(make_steps(model, k, args.seed), args.warmup, args.rounds, args.block)
-            a, b = times["adam"], times["cheb"]
-            ma, mb = statistics.median(a), statistics.median(b)
-            ci = "-"
-            if args.bootstrap:
-                lo, hi = bootstrap_ratio(a, b, args.bootstrap, args.seed)
-                ci = f"{lo:.3f}-{hi:.3f}"
-            print(
-                f"| {model} | {k} | {1e3 * ma:.2f} | {1e3 * mb:.2f} | {mb / ma:.3f} | {ci} | {min(b) / min(a):.3f} |",
-                flush=True,
-            )
+            times = measure(make_steps(model, k, args.seed, methods), args.warmup, args.rounds, args.block)
+            a = times["Adam"]
+            for name in methods:
+                b = times[name]
+                ma, mb = statistics.median(a), statistics.median(b)
+                ci = "-"
+                if args.bootstrap:
+                    lo, hi = bootstrap_ratio(a, b, args.bootstrap, args.seed)
+                    ci = f"{lo:.3f}-{hi:.3f}"
+                print(
+                    f"| {model} | {k} | {name} | {1e3 * ma:.2f} | {1e3 * mb:.2f} | {mb / ma:.3f} | {ci} | "
+                    f"{min(b) / min(a):.3f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
