@@ -1,6 +1,6 @@
 """torch_moo: multi-objective, multi-task and sparse training as a drop-in for :mod:`torch.optim`."""
 
-from torch_moo import functional, objectives
+from torch_moo import datasets, functional, objectives
 from torch_moo.base import LossSpaceOptimizer, MultiObjectiveOptimizer
 from torch_moo.chebyshev import ChebyshevALM
 from torch_moo.minmax import MinMaxWeighting
@@ -10,6 +10,7 @@ __all__ = [
     "LossSpaceOptimizer",
     "MinMaxWeighting",
     "MultiObjectiveOptimizer",
+    "datasets",
     "functional",
     "objectives",
 ]
