@@ -2,12 +2,13 @@
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.helpers import TwoHeads, flat_parameters, task_losses
-from torch_moo import ChebyshevALM
+from torch_moo import ChebyshevALM, MinMaxWeighting
 
 
 def _free_port() -> int:
@@ -16,31 +17,40 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, results) -> None:
+def _make(method: str, params):
+    if method == "ChebyshevALM":
+        return ChebyshevALM(params, num_objectives=2, preference=[0.3, 0.7], reference="ideal", outer_every=2,
+                            penalty=5.0, lr=1e-2)
+    return MinMaxWeighting(params, num_objectives=2, gamma=1.0, ascent_step=0.5, lr=1e-2)
+
+
+def _worker(rank: int, world_size: int, port: int, method: str, results) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         torch.set_num_threads(1)
         model = torch.nn.parallel.DistributedDataParallel(TwoHeads())
-        opt = ChebyshevALM(model.parameters(), num_objectives=2, preference=[0.3, 0.7], reference="ideal",
-                           outer_every=2, penalty=5.0, lr=1e-2)
+        opt = _make(method, model.parameters())
         weights = []
         for step in range(6):
             opt.zero_grad()
             losses = task_losses(model, 10 * step + rank)  # each rank sees its own batch
             weights.append(opt.backward(torch.stack([losses[0], losses[1] * (1 + rank)])))
             opt.step()
-        results[rank] = (torch.stack(weights), opt.multipliers, opt.reference_point(), flat_parameters(model))
+        state = opt.state_dict()["torch_moo"]["state"]
+        results[rank] = (torch.stack(weights), state, flat_parameters(model))
     finally:
         dist.destroy_process_group()
 
 
-def test_ranks_agree_on_weights_state_and_parameters():
+@pytest.mark.parametrize("method", ["ChebyshevALM", "MinMaxWeighting"])
+def test_ranks_agree_on_weights_state_and_parameters(method):
     manager = mp.get_context("spawn").Manager()
     results = manager.dict()
-    mp.start_processes(_worker, args=(2, _free_port(), results), nprocs=2, start_method="spawn")
-    (w0, m0, a0, p0), (w1, m1, a1, p1) = results[0], results[1]
+    mp.start_processes(_worker, args=(2, _free_port(), method, results), nprocs=2, start_method="spawn")
+    (w0, s0, p0), (w1, s1, p1) = results[0], results[1]
     assert torch.equal(w0, w1)
-    assert torch.equal(m0, m1)
-    assert torch.equal(a0, a1)
+    assert s0.keys() == s1.keys()
+    for key in s0:
+        assert torch.equal(s0[key], s1[key]) if isinstance(s0[key], torch.Tensor) else s0[key] == s1[key], key
     assert torch.equal(p0, p1)
     assert not torch.equal(w0[0], w0[-1])  # the weights did move: the test is not vacuous
