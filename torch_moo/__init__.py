@@ -1,6 +1,6 @@
 """torch_moo: multi-objective, multi-task and sparse training as a drop-in for :mod:`torch.optim`."""
 
-from torch_moo import datasets, functional, objectives
+from torch_moo import datasets, functional, objectives, pareto
 from torch_moo.base import LossSpaceOptimizer, MultiObjectiveOptimizer
 from torch_moo.chebyshev import ChebyshevALM
 from torch_moo.minmax import MinMaxWeighting
@@ -13,5 +13,6 @@ __all__ = [
     "datasets",
     "functional",
     "objectives",
+    "pareto",
 ]
 __version__ = "0.1.0"
