@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_moo._validation import check_count, check_losses
+from torch_moo._validation import all_finite, check_count, check_losses
 from torch_moo.distributed import mean_across_ranks
 
 __all__ = ["MultiObjectiveOptimizer", "LossSpaceOptimizer"]
@@ -224,7 +224,7 @@ class MultiObjectiveOptimizer(Optimizer):
 
     def _finite(self, values: Tensor) -> Tensor | None:
         """``None`` when :meth:`backward` has already rejected non-finite losses, else whether ``values`` are finite."""
-        return None if self.check_finite else torch.isfinite(values).all()
+        return None if self.check_finite else all_finite(values)
 
     def _config(self) -> dict[str, Any]:
         """Hyperparameters a saved state must agree with."""

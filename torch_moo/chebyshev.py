@@ -149,8 +149,7 @@ class ChebyshevALM(LossSpaceOptimizer):
         """The reference point :math:`a` (a copy): fixed, or the running ideal point."""
         return (self._ideal if self.tracks_ideal else self._reference).clone()
 
-    @torch.no_grad()
-    def outer_step(self) -> None:
+    def outer_step(self) -> None:  # its tensors never require grad: no graph is recorded
         r"""Update the multipliers and the penalty from the steps since the last outer update.
 
         A no-op when no step with finite losses was taken since then.

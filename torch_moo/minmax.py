@@ -105,8 +105,7 @@ class MinMaxWeighting(LossSpaceOptimizer):
         """The current task weights :math:`w` (a copy), for logging."""
         return self._task_weights.clone()
 
-    @torch.no_grad()
-    def update_weights(self) -> None:
+    def update_weights(self) -> None:  # its tensors never require grad: no graph is recorded
         """One ascent step on the weights with the mean losses since the last update.
 
         A no-op when no step with finite losses was taken since then.

@@ -173,3 +173,13 @@ def test_minmax_state_dict_from_another_configuration_changes_nothing():
     with pytest.raises(ValueError, match=r"saved with method='ChebyshevALM', but this MinMaxWeighting has method='MinMaxWeighting'"):
         opt.load_state_dict(_saved())
     _assert_unchanged(before, _snapshot(model, opt))
+
+
+def test_all_finite_matches_isfinite():
+    from torch_moo._validation import all_finite
+
+    values = torch.tensor([0.0, -1e38, 3e38, 1e-45, float("inf"), float("-inf"), float("nan")])
+    for i in range(len(values)):
+        for j in range(len(values)):
+            pair = values[[i, j]]
+            assert bool(all_finite(pair)) == bool(torch.isfinite(pair).all()), pair

@@ -13,15 +13,18 @@ def simplex_threshold(values: Tensor) -> Tensor:
 
     .. math::
 
-        \sum_i \max(0, v_i - \tau) = 1,
+        \sum_i \max(0, v_i - \tau) = 1, \qquad
+        \tau = \max_j \frac{\sum_{i \le j} u_i - 1}{j},
 
-    found by sorting (Held, Wolfe & Crowder 1974; Duchi et al. 2008): with
-    :math:`u` the values sorted in descending order and :math:`\rho` the number of
-    :math:`j` with :math:`u_j > (\sum_{i \le j} u_i - 1) / j`,
-    :math:`\tau = (\sum_{i \le \rho} u_i - 1) / \rho`.
+    with :math:`u` the values sorted in descending order (Held, Wolfe & Crowder 1974; Duchi et
+    al. 2008; the maximum form: Condat 2016). The candidates
+    :math:`\tau_j` rise while :math:`u_{j+1} > \tau_j`, since
+    :math:`\tau_{j+1} - \tau_j = (u_{j+1} - \tau_j)/(j+1)`, and fall after, so their maximum
+    is the threshold.
 
-    Written with tensor operations only (sort, cumsum, gather) so that it stays on the
-    device without a host synchronisation; a library QP solver would run on the host.
+    Written with tensor operations only (sort, cumsum, max) so that it stays on the device
+    without a host synchronisation; a library QP solver would run on the host. Non-finite input
+    gives a non-finite threshold.
 
     Args:
         values: tensor of shape ``(..., k)``, floating point.
@@ -29,14 +32,9 @@ def simplex_threshold(values: Tensor) -> Tensor:
     Returns:
         Tensor of shape ``(..., 1)``.
     """
-    k = values.shape[-1]
     ordered = torch.sort(values, dim=-1, descending=True).values
-    partial_sums = ordered.cumsum(dim=-1) - 1
-    ranks = torch.arange(1, k + 1, device=values.device, dtype=values.dtype)
-    # The condition holds on a prefix and always for j = 1, so the count is the last index;
-    # the floor of 1 keeps the gather in bounds for non-finite input, which then yields NaN.
-    support = (ordered * ranks > partial_sums).sum(dim=-1, keepdim=True).clamp_min(1)
-    return partial_sums.gather(-1, support - 1) / support
+    ranks = torch.arange(1, values.shape[-1] + 1, device=values.device, dtype=values.dtype)
+    return ((ordered.cumsum(dim=-1) - 1) / ranks).amax(dim=-1, keepdim=True)
 
 
 def project_simplex(values: Tensor) -> Tensor:
