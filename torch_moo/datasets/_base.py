@@ -1,16 +1,12 @@
-"""The dataset class shared by every two-task image set, and its argument checks."""
+"""The dataset class shared by every two-task image set."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-
-from torch_moo._validation import check_count
 
 __all__ = ["TwoTaskImages"]
 
@@ -56,22 +52,6 @@ class TwoTaskImages(Dataset):
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.data.shape[1:]))
         return f"{type(self).__name__}({len(self)} images of {shape}, tasks={self.task_names})"
-
-
-def check_seed(name: str, value: object) -> int:
-    return check_count(name, value, minimum=0)
-
-
-def check_flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
-
-
-def check_root(name: str, value: object) -> Path:
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r}")
-    return Path(value).expanduser()
 
 
 def to_uint8(images: Tensor) -> Tensor:

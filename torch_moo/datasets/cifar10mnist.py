@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch.nn.functional import interpolate
 
-from torch_moo._validation import check_real
-from torch_moo.datasets._base import Transform, TwoTaskImages, check_flag, check_root, check_seed, to_uint8
+from torch_moo._validation import check_count, check_flag, check_real, check_root
+from torch_moo.datasets._base import Transform, TwoTaskImages, to_uint8
 from torch_moo.datasets.readers import load_cifar10, load_mnist
 
 __all__ = ["Cifar10Mnist"]
@@ -66,7 +66,7 @@ class Cifar10Mnist(TwoTaskImages):
         mnist_root = root if mnist_root is None else check_root("mnist_root", mnist_root)
         train = check_flag("train", train)
         download = check_flag("download", download)
-        seed = check_seed("seed", seed)
+        seed = check_count("seed", seed, minimum=0)
         alpha = check_real("alpha", alpha, minimum=0.0)
         if alpha > 1:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torch_moo._validation import check_count, check_real
-from torch_moo.datasets._base import Transform, TwoTaskImages, check_flag, check_seed
+from torch_moo._validation import check_count, check_flag, check_real
+from torch_moo.datasets._base import Transform, TwoTaskImages
 
 __all__ = ["TwoDigits"]
 
@@ -100,8 +100,8 @@ class TwoDigits(TwoTaskImages):
     ) -> None:
         train = check_flag("train", train)
         size = (20_000 if train else 4_000) if size is None else check_count("size", size)
-        seed = check_seed("seed", seed)
-        split_seed = check_seed("split_seed", split_seed)
+        seed = check_count("seed", seed, minimum=0)
+        split_seed = check_count("split_seed", split_seed, minimum=0)
         test_fraction = check_real("test_fraction", test_fraction, minimum=0.0, strict=True)
         if test_fraction >= 1:
             raise ValueError(f"test_fraction must be < 1, got {test_fraction}")

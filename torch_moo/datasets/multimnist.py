@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch.nn.functional import interpolate
 
-from torch_moo.datasets._base import Transform, TwoTaskImages, check_flag, check_root, check_seed, to_uint8
+from torch_moo._validation import check_count, check_flag, check_root
+from torch_moo.datasets._base import Transform, TwoTaskImages, to_uint8
 from torch_moo.datasets.readers import load_mnist
 
 __all__ = ["MultiMNIST"]
@@ -59,7 +60,7 @@ class MultiMNIST(TwoTaskImages):
     ) -> None:
         root = check_root("root", root)
         train = check_flag("train", train)
-        seed = check_seed("seed", seed)
+        seed = check_count("seed", seed, minimum=0)
         digits, labels = load_mnist(root, train, download=check_flag("download", download))
         count, height, width = digits.shape
         if count < 2:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torch_moo.datasets._base import check_flag, check_root
+from torch_moo._validation import check_flag, check_root
 
 __all__ = ["load_cifar10", "load_mnist", "read_idx"]
 
