@@ -6,7 +6,8 @@ Build (from the repository root; no network needed, zero warnings expected)::
 
 Intersphinx links to Python and PyTorch are made only from inventories pinned in
 ``docs/_intersphinx/<name>.inv``; without them the references render as plain code, and a
-build never reaches out to the network (nor warns about it).
+build never reaches out to the network (nor warns about it). The pinned files are generated
+offline by ``docs/_intersphinx/make_inventories.py`` (see its docstring for when to re-run it).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ napoleon_use_rtype = False
 napoleon_use_ivar = True
 
 # -- intersphinx (pinned inventories only) -------------------------------------------------
+# torch.inv / python.inv come from docs/_intersphinx/make_inventories.py (introspects the
+# installed torch; ``--check`` tells whether they are stale), never from the network.
 _INVENTORIES = {
     "python": "https://docs.python.org/3/",
     "torch": "https://pytorch.org/docs/stable/",

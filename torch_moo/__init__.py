@@ -1,18 +1,21 @@
 """torch_moo: multi-objective, multi-task and sparse training as a drop-in for :mod:`torch.optim`."""
 
-from torch_moo import datasets, functional, objectives, pareto
+from torch_moo import datasets, functional, objectives, pareto, sparsity
 from torch_moo.base import LossSpaceOptimizer, MultiObjectiveOptimizer
 from torch_moo.chebyshev import ChebyshevALM
 from torch_moo.minmax import MinMaxWeighting
+from torch_moo.sparsity import SparsityController
 
 __all__ = [
     "ChebyshevALM",
     "LossSpaceOptimizer",
     "MinMaxWeighting",
     "MultiObjectiveOptimizer",
+    "SparsityController",
     "datasets",
     "functional",
     "objectives",
     "pareto",
+    "sparsity",
 ]
 __version__ = "0.1.0"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["mean_across_ranks"]
+__all__ = ["mean_across_ranks", "broadcast_from_first"]
+
+
+def _world() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def mean_across_ranks(tensor: Tensor) -> Tensor:
@@ -13,8 +18,23 @@ def mean_across_ranks(tensor: Tensor) -> Tensor:
 
     The all-reduce is enqueued on the device stream, so on NCCL it adds no host synchronisation.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _world():
         return tensor
     total = tensor.clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total.div_(dist.get_world_size())
+
+
+def broadcast_from_first(tensors: list[Tensor]) -> list[Tensor]:
+    """Rank 0's values of ``tensors`` (same shapes and dtypes on every rank), sent in one broadcast.
+
+    Boolean tensors travel as ``uint8`` (gloo has no bool); ``tensors`` themselves without a process group.
+    """
+    if not _world() or not tensors:
+        return tensors
+    flat = torch.cat([tensor.reshape(-1).to(torch.uint8 if tensor.dtype == torch.bool else tensor.dtype) for tensor in tensors])
+    dist.broadcast(flat, src=0)
+    return [
+        part.view_as(tensor).to(tensor.dtype)
+        for part, tensor in zip(flat.split([tensor.numel() for tensor in tensors]), tensors)
+    ]

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.helpers import TwoHeads, flat_parameters, task_losses
-from torch_moo import ChebyshevALM, MinMaxWeighting
+from torch_moo import ChebyshevALM, MinMaxWeighting, SparsityController
 
 
 def _free_port() -> int:
@@ -54,3 +54,34 @@ def test_ranks_agree_on_weights_state_and_parameters(method):
         assert torch.equal(s0[key], s1[key]) if isinstance(s0[key], torch.Tensor) else s0[key] == s1[key], key
     assert torch.equal(p0, p1)
     assert not torch.equal(w0[0], w0[-1])  # the weights did move: the test is not vacuous
+
+
+def _sparse_worker(rank: int, world_size: int, port: int, regrow: str, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        model = torch.nn.parallel.DistributedDataParallel(TwoHeads())
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        # a different generator on each rank: the masks agree only because rank 0's are broadcast
+        sparse = SparsityController(opt, model=model, sparsity=0.7, regrow=regrow, update_every=2,
+                                    generator=torch.Generator().manual_seed(100 + rank))
+        history = []
+        for step in range(7):
+            opt.zero_grad()
+            losses = task_losses(model, 10 * step + rank)
+            (losses[0] + losses[1] * (1 + rank)).backward()
+            opt.step()
+            history.append(torch.cat([m.flatten() for m in sparse.masks.values()]))
+        results[rank] = (torch.stack(history), flat_parameters(model))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("regrow", ["random", "exploration"])
+def test_ranks_agree_on_sparsity_masks(regrow):
+    manager = mp.get_context("spawn").Manager()
+    results = manager.dict()
+    mp.start_processes(_sparse_worker, args=(2, _free_port(), regrow, results), nprocs=2, start_method="spawn")
+    (m0, p0), (m1, p1) = results[0], results[1]
+    assert torch.equal(m0, m1) and torch.equal(p0, p1)
+    assert not torch.equal(m0[0], m0[-1])  # the topology did change

@@ -1,0 +1,98 @@
+r"""Pure mask operations: group scores, top-k selection with deterministic ties, drop and grow.
+
+A mask lives on *units*: single weights (``"element"``), slices along dimension 0 (``"row"``:
+a linear layer's output neuron, a convolution's output channel) or along dimension 1
+(``"column"``: a linear layer's input neuron, a convolution's input channel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["STRUCTURES", "unit_count", "unit_norms", "expand", "top_count", "drop_and_grow", "exploration_bonus"]
+
+STRUCTURES = ("element", "row", "column")
+
+
+def unit_count(shape: torch.Size, structure: str) -> int:
+    """The number of units a tensor of ``shape`` has under ``structure``."""
+    return math.prod(shape) if structure == "element" else shape[0 if structure == "row" else 1]
+
+
+def unit_norms(tensor: Tensor, structure: str) -> Tensor:
+    r""":math:`|w|` per element, or the :math:`\ell_2` norm of each row or column slice (float32)."""
+    tensor = tensor.detach().float()
+    if structure == "element":
+        return tensor.abs()
+    if structure == "column":
+        tensor = tensor.transpose(0, 1)
+    return torch.linalg.vector_norm(tensor.flatten(1), dim=1)
+
+
+def expand(units: Tensor, shape: torch.Size, structure: str) -> Tensor:
+    """A unit mask (or score) broadcast to the weight's ``shape``."""
+    if structure == "element":
+        return units
+    view = [1] * len(shape)
+    view[0 if structure == "row" else 1] = -1
+    return units.view(view).expand(shape)
+
+
+def top_count(scores: Tensor, count: int) -> Tensor:
+    """Boolean mask of the ``count`` largest scores; ties go to the lower flat index, NaN ranks last.
+
+    Deterministic (a stable sort), so every rank that sees the same scores picks the same units.
+
+    Example:
+        >>> top_count(torch.tensor([0.5, 2.0, 0.5, 1.0]), 2)
+        tensor([False,  True, False,  True])
+        >>> top_count(torch.tensor([0.5, 2.0, 0.5, 1.0]), 3)
+        tensor([ True,  True, False,  True])
+    """
+    flat = torch.nan_to_num(scores.flatten().float(), nan=-math.inf)
+    chosen = torch.sort(flat, descending=True, stable=True).indices[:count]
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[chosen] = True
+    return mask.view_as(scores)
+
+
+def drop_and_grow(mask: Tensor, magnitude: Tensor, growth: Tensor, count: int) -> Tensor:
+    r"""One topology update at a constant active count.
+
+    The ``count`` active units of smallest ``magnitude`` are dropped; then the ``count``
+    inactive units (the just-dropped ones included, as in RigL) of largest ``growth`` score
+    become active. The number of active units is unchanged.
+
+    Args:
+        mask: boolean unit mask.
+        magnitude: the drop score of each unit (its weight magnitude).
+        growth: the growth score of each unit (random, gradient magnitude, or with a bonus).
+        count: how many to drop and grow; at most the number of active units.
+
+    Example:
+        >>> mask = torch.tensor([True, True, False, False])
+        >>> drop_and_grow(mask, torch.tensor([0.1, 0.9, 0.0, 0.0]), torch.tensor([0.0, 0.0, 0.2, 0.7]), 1)
+        tensor([False,  True, False,  True])
+    """
+    active = int(mask.sum())  # a host synchronisation, once per update (every ``update_every`` steps)
+    survivors = top_count(torch.where(mask, magnitude.float(), -math.inf), active - count)
+    grown = top_count(torch.where(survivors, -math.inf, growth.float()), count)
+    return survivors | grown
+
+
+def exploration_bonus(active_updates: Tensor, step: int, coefficient: float) -> Tensor:
+    r"""The DST-EE exploration bonus :math:`c \sqrt{\ln t / (N_j + 1)}`.
+
+    :math:`N_j` counts the topology updates unit :math:`j` has been active in; the ``+ 1``
+    (the paper's :math:`\epsilon`) keeps the bonus of a never-active unit finite, at
+    :math:`c\sqrt{\ln t}`. Huang et al., "Dynamic Sparse Training via Balancing the
+    Exploration-Exploitation Trade-off", DAC 2023.
+
+    Example:
+        >>> exploration_bonus(torch.tensor([0, 3]), step=100, coefficient=1.0)
+        tensor([2.1460, 1.0730])
+    """
+    return coefficient * torch.sqrt(math.log(max(step, 1)) / (active_updates.float() + 1.0))
