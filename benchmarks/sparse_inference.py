@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -102,7 +103,8 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, warm-up {args.warmup}, "
-        f"{args.rounds} interleaved timed calls per variant, inference_mode, medians"
+        f"{args.rounds} interleaved timed calls per variant, inference_mode, medians, "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     print()
     print("| model | sparsity | batch | layout | dense ms | sparse ms | sparse/dense |")
@@ -127,6 +129,8 @@ def main() -> None:
                         f"{sparse_ms / dense_ms:.3f} |",
                         flush=True,
                     )
+    # Other processes on the cores distort the timings (all variants, not alike): check this.
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (1 min), nproc {os.cpu_count()}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _spawn(worker, *args) -> dict:
+    """Run ``worker(rank, 2, port, *args, results)`` on two spawned processes; the results by rank."""
+    manager = mp.get_context("spawn").Manager()  # kept alive until the results are copied out
+    results = manager.dict()
+    mp.start_processes(worker, args=(2, _free_port(), *args, results), nprocs=2, start_method="spawn")
+    return dict(results)
+
+
 def _make(method: str, params):
     if method == "ChebyshevALM":
         return ChebyshevALM(params, num_objectives=2, preference=[0.3, 0.7], reference="ideal", outer_every=2,
@@ -44,9 +52,7 @@ def _worker(rank: int, world_size: int, port: int, method: str, results) -> None
 
 @pytest.mark.parametrize("method", ["ChebyshevALM", "MinMaxWeighting"])
 def test_ranks_agree_on_weights_state_and_parameters(method):
-    manager = mp.get_context("spawn").Manager()
-    results = manager.dict()
-    mp.start_processes(_worker, args=(2, _free_port(), method, results), nprocs=2, start_method="spawn")
+    results = _spawn(_worker, method)
     (w0, s0, p0), (w1, s1, p1) = results[0], results[1]
     assert torch.equal(w0, w1)
     assert s0.keys() == s1.keys()
@@ -79,9 +85,7 @@ def _sparse_worker(rank: int, world_size: int, port: int, regrow: str, results) 
 
 @pytest.mark.parametrize("regrow", ["random", "exploration"])
 def test_ranks_agree_on_sparsity_masks(regrow):
-    manager = mp.get_context("spawn").Manager()
-    results = manager.dict()
-    mp.start_processes(_sparse_worker, args=(2, _free_port(), regrow, results), nprocs=2, start_method="spawn")
+    results = _spawn(_sparse_worker, regrow)
     (m0, p0), (m1, p1) = results[0], results[1]
     assert torch.equal(m0, m1) and torch.equal(p0, p1)
     assert not torch.equal(m0[0], m0[-1])  # the topology did change

@@ -164,7 +164,8 @@ def test_mlp_end_to_end(layout, shape):
 
 def test_only_sparse_enough_layers_are_replaced():
     mlp = make_mlp(sparsities=(0.9, 0.5, 0.3))
-    exported = to_sparse(mlp)  # min_sparsity=0.5: exactly 50% zeros qualifies
+    assert [type(m) for m in to_sparse(mlp)[::2]] == [SparseLinear, nn.Linear, nn.Linear]  # default 0.9
+    exported = to_sparse(mlp, min_sparsity=0.5)  # exactly 50% zeros qualifies
     assert [type(m) for m in exported[::2]] == [SparseLinear, SparseLinear, nn.Linear]
     exported = to_sparse(mlp, min_sparsity=0.6)
     assert [type(m) for m in exported[::2]] == [SparseLinear, nn.Linear, nn.Linear]
@@ -209,7 +210,7 @@ def test_conv_layers_stay_dense():
 
 def test_bare_linear_and_nested_modules():
     linear = make_linear()
-    exported = to_sparse(linear)
+    exported = to_sparse(linear, min_sparsity=0.5)
     assert isinstance(exported, SparseLinear) and isinstance(linear, nn.Linear)
 
     class Net(nn.Module):
@@ -224,7 +225,7 @@ def test_bare_linear_and_nested_modules():
             return self.heads["a"](x) + self.heads["b"](x)
 
     net = Net()
-    exported = to_sparse(net)
+    exported = to_sparse(net, min_sparsity=0.5)
     assert [type(m) for m in exported.blocks] == [SparseLinear, SparseLinear]
     assert type(exported.heads["a"]) is SparseLinear and type(exported.heads["b"]) is nn.Linear
     x = torch.randn(5, 32)
@@ -261,7 +262,7 @@ def test_to_sparse_of_exported_model():
 
 def test_exported_state_dict_round_trip():
     """A whole exported model's state_dict loads into another export of a differently sparse model."""
-    source, target = to_sparse(make_mlp(seed=0)), to_sparse(make_mlp(sparsities=(0.6, 0.7, 0.8), seed=1))
+    source, target = to_sparse(make_mlp(seed=0)), to_sparse(make_mlp(sparsities=(0.6, 0.7, 0.8), seed=1), min_sparsity=0.5)
     buffer = io.BytesIO()
     torch.save(source.state_dict(), buffer)
     buffer.seek(0)

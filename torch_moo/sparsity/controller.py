@@ -308,7 +308,7 @@ class SparsityController:
         ever = sum(((n > 0) | m).sum() for n, m in zip(self._active_updates, self._masks))
         return float(ever) / sum(m.numel() for m in self._masks)
 
-    def export(self, *, layout: torch.layout = torch.sparse_csr, min_sparsity: float = 0.5) -> nn.Module:
+    def export(self, *, layout: torch.layout = torch.sparse_csr, min_sparsity: float = 0.9) -> nn.Module:
         """A copy of ``model`` for inference whose sparse linear layers run on ``torch.sparse`` (see
         :func:`~torch_moo.sparsity.to_sparse`); the training model is left as it is."""
         if self.model is None:
