@@ -8,12 +8,14 @@ from torch_moo.functional.chebyshev import (
     optimal_level,
     phr_penalty,
 )
+from torch_moo.functional.min_norm import min_norm_weights
 from torch_moo.functional.simplex import project_simplex, simplex_threshold
 
 __all__ = [
     "chebyshev_constraints",
     "chebyshev_objective_weights",
     "chebyshev_terms",
+    "min_norm_weights",
     "multiplier_estimate",
     "optimal_level",
     "phr_penalty",

@@ -1,0 +1,222 @@
+r"""The min-norm point of the convex hull of the objectives' gradients (the MGDA subproblem).
+
+Désidéri, *Multiple-gradient descent algorithm (MGDA) for multiobjective optimization*
+(Comptes Rendus Mathématique, 2012); Sener & Koltun, *Multi-Task Learning as Multi-Objective
+Optimization* (NeurIPS 2018). The solver is Wolfe's min-norm-point algorithm, *Finding the nearest
+point in a polytope* (Mathematical Programming, 1976), written on the Gram matrix alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from torch_moo._validation import all_finite
+
+__all__ = ["min_norm_weights"]
+
+# Wolfe's tolerance Z1 on the Gram matrix scaled to a largest diagonal entry of 1: an index
+# joins the support only if it lowers <x, g_j> below ||x||^2 by more than this. The float64
+# rounding error of those inner products is about k * 1e-16, so 1e-12 leaves a wide margin
+# against adding on noise, and it bounds the final relative gap.
+_ADD_TOLERANCE = 1e-12
+# Ridge added to the scaled Gram matrix: G + r I is the Gram matrix of the gradients lifted to
+# (g_i, sqrt(r) e_i), which are linearly independent, so every bordered system is non-singular
+# with a condition number of at most about k / r, even for duplicate or nearly duplicate
+# gradients (without it, gradients 1e-8 apart give systems singular to working precision and
+# a stop up to 1e-8 above the optimum). It moves the objective by at most r and the gap by at
+# most r; being below _ADD_TOLERANCE, it never makes an index join on its own.
+_RIDGE = 1e-13
+
+
+def _max_iterations(k: int) -> int:
+    """Cap on the solver's iterations (one linear solve each).
+
+    An iteration either adds one index to the support ("major cycle"), removes at least one
+    ("minor cycle"), or stops. Removals never outnumber additions plus the starting index, so
+    the count is at most ``2 * additions + 1``; the support never exceeds ``min(k, rank + 1)``
+    indices. Each major cycle strictly lowers ``||x||`` and no support repeats, so the method is
+    finite (Wolfe 1976), but there is no polynomial bound: De Loera, Haddock & Rademacher
+    (STOC 2018) build exponential instances. In practice an index is rarely added twice: over the
+    property tests (random, rank-deficient, duplicate, opposite and rescaled gradients, k <= 16)
+    the solver has used well under ``2k + 2`` iterations. ``4k + 10`` leaves room, and the
+    returned gap says whether it was enough; after the stop the iterations are no-ops.
+    """
+    return 4 * k + 10
+
+
+def _wolfe_step(constants: tuple[Tensor, ...], state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """One iteration of Wolfe's algorithm with masks, without Python branching on tensor values.
+
+    ``constants`` is ``(gram, bordered, eye, index, last)``: the scaled Gram matrix ``G``,
+    ``[[G, 1], [1^T, 0]]``, the identity of that size, ``arange(k)`` and a one-element ``True``.
+    Selections use ``min(dim=0)`` and comparisons with ``index``: indexing with a tensor index
+    or ``one_hot`` would read the value on the host. ``state`` is
+    ``(lam, support, done, anchor_norm)``: the current point (on the simplex, zero off
+    ``support``), the current corral (bool), whether the method has stopped (bool scalar), and
+    the squared norm at the last major cycle. Returns the next state; nothing changes once
+    ``done``. Written for few operations, since each costs about a microsecond on the CPU and a
+    kernel launch on a GPU.
+    """
+    gram, bordered, eye, index, last = constants
+    lam, support, done, anchor_norm = state
+    # Affine minimiser of the corral: [[G_SS, 1], [1^T, 0]] [mu; nu] = [0; 1], the rows and
+    # columns off the support replaced by identity rows, which makes mu exactly 0 there. The
+    # corral's points are affinely independent, so the system is non-singular; should a solve
+    # fail anyway (only rounding could make it), its non-finite result stops at the current point.
+    rows = torch.cat((support, last))
+    system = torch.where(rows[:, None] & rows[None, :], bordered, eye)
+    mu = torch.linalg.solve_ex(system, eye[:, -1])[0][:-1]
+    g_mu = gram @ mu
+    norm = mu @ g_mu
+    failed = (norm - norm) != 0  # NaN or infinite
+    shrinking = support & (mu <= 0)
+    interior = ~shrinking.any()
+
+    # Major cycle (mu strictly inside its corral): move to mu, then add the vertex that most
+    # violates optimality, <x, g_j> < ||x||^2 - tol; if none does, stop. In exact arithmetic
+    # ||x|| falls strictly from one major cycle to the next (Wolfe 1976), and every point between
+    # is no longer than the last major one; when rounding stops that (nearly affinely dependent
+    # gradients, where a vertex is added and dropped again), the method stops where it is
+    # instead of cycling.
+    lowest, best = torch.where(support, torch.inf, g_mu).min(dim=0)
+    improves = lowest < norm - _ADD_TOLERANCE
+    added = support | ((index == best) & improves)
+
+    # Minor cycle: walk from lam towards mu until the first weight reaches 0 (at a ratio
+    # lam_i / (lam_i - mu_i) in [0, 1], as mu_i <= 0 <= lam_i), and drop it, with any other
+    # weight that reaches 0 there.
+    step = lam - mu
+    ratios = torch.where(shrinking, lam / step.clamp_min(1e-300), torch.inf)
+    theta, first = ratios.min(dim=0)
+    walked = (lam - theta * step).clamp_min(0) * (index != first)
+
+    halt = done | failed
+    lam = torch.where(halt, lam, torch.where(interior, mu, walked))
+    support = torch.where(halt, support, torch.where(interior, added, walked > 0))
+    anchor_norm = torch.where(halt | ~interior, anchor_norm, norm)
+    return lam, support, halt | (interior & ~improves), anchor_norm
+
+
+def _wolfe(gram: Tensor, early_exit: bool) -> tuple[Tensor, Tensor, int]:
+    """Wolfe's min-norm-point algorithm on a float64 Gram matrix scaled to ``max diag = 1``.
+
+    Returns ``(lam, done, iterations)``: the weights (on the simplex), whether the method
+    stopped within :func:`_max_iterations`, and the iterations run. ``early_exit`` stops the loop
+    once done, the stopping test included; it reads ``done`` on the host, so pass it only on the
+    CPU.
+    """
+    k = gram.shape[-1]
+    ones = gram.new_ones(k, 1)
+    bordered = torch.cat((torch.cat((gram, ones), 1), torch.cat((ones.T, gram.new_zeros(1, 1)), 1)), 0)
+    index = torch.arange(k, device=gram.device)
+    last = torch.ones(1, dtype=torch.bool, device=gram.device)
+    constants = (gram, bordered, torch.eye(k + 1, dtype=gram.dtype, device=gram.device), index, last)
+    # Wolfe starts from the vertex of least norm.
+    support = index == gram.diagonal().argmin()
+    state = (support.to(gram.dtype), support, ~last[0], gram.new_tensor(torch.inf))
+    iterations = 0
+    while iterations < _max_iterations(k):
+        state = _wolfe_step(constants, state)
+        iterations += 1
+        if early_exit and state[2].item():
+            break
+    lam, _, done, _ = state
+    return lam / lam.sum(), done, iterations
+
+
+def _min_norm(gram: Tensor, early_exit: bool) -> tuple[Tensor, Tensor]:
+    """:func:`min_norm_weights` without the argument checks; ``early_exit`` as in :func:`_wolfe`."""
+    k = gram.shape[-1]
+    exact = gram.detach().to(torch.float64)
+    largest = exact.diagonal().max()
+    nonzero = largest > 0
+    scaled = exact / torch.where(nonzero, largest, 1.0)
+    if k == 1:
+        lam = scaled.new_ones(1)
+    elif k == 2:
+        # alpha_1 = <g2 - g1, g2> / ||g2 - g1||^2 clipped to [0, 1]; any alpha when g1 = g2.
+        distance = scaled[0, 0] - 2 * scaled[0, 1] + scaled[1, 1]
+        first = ((scaled[1, 1] - scaled[0, 1]) / torch.where(distance > 0, distance, 1.0)).clamp(0, 1)
+        first = torch.where(distance > 0, first, 0.5)
+        lam = torch.stack((first, 1 - first))
+    else:
+        ridge = _RIDGE * torch.eye(k, dtype=scaled.dtype, device=scaled.device)
+        lam = _wolfe(scaled + ridge, early_exit)[0]
+    lam = torch.where(nonzero, lam, 1.0 / k)  # zero Gram: every alpha is optimal
+    lam = torch.where(all_finite(exact), lam, torch.nan)
+    alpha = lam.to(gram.dtype)
+    lam = alpha.to(torch.float64)
+    directional = exact @ lam
+    gap = lam @ directional - directional.min()
+    return alpha, gap.to(gram.dtype)
+
+
+def min_norm_weights(gram: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Weights of the min-norm point in the convex hull of :math:`k` gradients, from their Gram matrix.
+
+    .. math::
+
+        \alpha^\star \in \arg\min_{\alpha \ge 0,\ \sum_i \alpha_i = 1} \alpha^\top G \alpha,
+        \qquad G = J J^\top, \qquad d = J^\top \alpha^\star,
+        \qquad \text{gap} = \alpha^\top G \alpha - \min_j (G \alpha)_j .
+
+    :math:`d` is the min-norm element of the convex hull of the gradients (the rows of
+    :math:`J`): MGDA's common descent direction, with :math:`\langle d, g_i \rangle \ge
+    \|d\|^2` for every objective, and :math:`d = 0` exactly at a Pareto-stationary point
+    (Désidéri 2012; Sener & Koltun, NeurIPS 2018). The gap is the Frank-Wolfe duality gap, an
+    upper bound on :math:`\alpha^\top G \alpha - \min_{\beta \in \Delta} \beta^\top G \beta`:
+    at least 0 up to rounding, and 0 at the optimum. It is computed in float64 from the input
+    Gram matrix at the returned weights, and stays below about :math:`10^{-12} \max_i G_{ii}`
+    for finite input.
+
+    The solve is exact, not a fixed number of Frank-Wolfe steps: :math:`k = 1` gives
+    :math:`[1]`, :math:`k = 2` the closed form
+    :math:`\alpha_1 = \operatorname{clip}((G_{22} - G_{12}) / (G_{11} - 2G_{12} + G_{22}), 0, 1)`
+    (0.5 each when the two gradients coincide), and :math:`k \ge 3` Wolfe's min-norm-point
+    algorithm (Wolfe 1976), in float64 on :math:`G` scaled by its largest diagonal entry (so
+    the weights do not depend on the gradients' common scale) plus a ridge of :math:`10^{-13}`
+    (which keeps duplicate and nearly duplicate gradients well posed). Its iterations solve the bordered
+    system :math:`[[G_{SS}, 1], [1^\top, 0]]` of the current support :math:`S` with masks
+    instead of indexing, and ``torch.linalg.solve_ex`` instead of ``solve``, so they stay on the
+    device without a host synchronisation: a fixed number of iterations runs there, no-ops once
+    optimal, while on the CPU the loop stops as soon as it is optimal.
+
+    It is written here because MGDA needs it on the device at every step: PyTorch has no QP
+    solver (nor a simplex-constrained least-squares op); cvxpy, OSQP and quadprog run on the
+    host, and qpth, the batched GPU interior-point solver of OptNet, tests convergence on the
+    host at every iteration, needs a positive-definite matrix (a Gram matrix of more objectives
+    than parameters is singular) and is not exact. Non-finite input gives NaN weights and a non-finite gap (checking
+    would cost a synchronisation); a zero Gram matrix (all gradients zero) gives uniform weights
+    and gap 0. The weights are constants: no gradient flows back to ``gram``.
+
+    Args:
+        gram: the :math:`k \times k` Gram matrix :math:`J J^\top` of the :math:`k` objectives'
+            gradients, floating point (float32 or float64), on any device.
+
+    Returns:
+        ``(alpha, gap)``: the weights, shape ``(k,)``, and the gap, a scalar, both in ``gram``'s
+        dtype and on its device.
+
+    Raises:
+        TypeError: ``gram`` is not a floating-point tensor.
+        ValueError: ``gram`` is not a square 2-D matrix with at least one row.
+
+    Example:
+        >>> g1, g2, g3 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0])
+        >>> jacobian = torch.stack((g1, g2, g3))
+        >>> alpha, gap = min_norm_weights(jacobian @ jacobian.T)
+        >>> alpha
+        tensor([0.5000, 0.5000, 0.0000])
+        >>> alpha @ jacobian  # the common descent direction d
+        tensor([0.5000, 0.5000])
+        >>> gap
+        tensor(0.)
+    """
+    if not isinstance(gram, Tensor):
+        raise TypeError(f"gram must be a tensor, got {type(gram).__name__}")
+    if not gram.is_floating_point():
+        raise TypeError(f"gram must be floating point, got dtype {gram.dtype}")
+    if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 1:
+        raise ValueError(f"gram must be a square k x k matrix with k >= 1, got shape {tuple(gram.shape)}")
+    return _min_norm(gram, early_exit=gram.device.type == "cpu")
