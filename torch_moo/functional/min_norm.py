@@ -91,7 +91,7 @@ def _wolfe_step(constants: tuple[Tensor, ...], state: tuple[Tensor, ...]) -> tup
     theta, first = ratios.min(dim=0)
     walked = (lam - theta * step).clamp_min(0) * (index != first)
 
-    halt = done | failed
+    halt = done | failed | (interior & (norm >= anchor_norm))
     lam = torch.where(halt, lam, torch.where(interior, mu, walked))
     support = torch.where(halt, support, torch.where(interior, added, walked > 0))
     anchor_norm = torch.where(halt | ~interior, anchor_norm, norm)
