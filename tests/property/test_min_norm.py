@@ -24,13 +24,14 @@ D_TOL = 2 * TOL**0.5
 # TOL * max diag G: an objective near 0 (conflicting gradients) is only known to that floor from G.
 REL = 1e-6
 
-KINDS = ["random", "random", "duplicate", "opposite", "zero", "scaled", "parallel"]
+KINDS = ["random", "random", "duplicate", "near", "opposite", "zero", "scaled", "parallel"]
 
 
 @st.composite
 def jacobians(draw, max_k=10):
-    """k gradients of size n as the rows of J: fresh Gaussian rows, duplicates, opposites and
-    positive multiples of earlier rows, zero rows and fresh rows scaled by 1e-4..1e4."""
+    """k gradients of size n as the rows of J: fresh Gaussian rows, duplicates, near-duplicates
+    (1e-10..1e-5 apart, relative), opposites and positive multiples of earlier rows, zero rows and
+    fresh rows scaled by 1e-4..1e4."""
     k, n = draw(st.integers(1, max_k)), draw(st.integers(1, 20))
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
     rows = []
@@ -43,6 +44,7 @@ def jacobians(draw, max_k=10):
             {
                 "random": fresh,
                 "duplicate": earlier.clone(),
+                "near": earlier + 10.0 ** draw(st.floats(-10, -5)) * earlier.norm() * fresh,
                 "opposite": -earlier,
                 "zero": torch.zeros(n, dtype=F64),
                 "scaled": scale * fresh,
