@@ -27,16 +27,14 @@ Not a test: pytest does not collect it (no ``test_`` names, outside ``tests/``).
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from torch_moo.sparsity.export import to_sparse
+from _timing import interleave
 
 LAYOUT_NAMES = {"csr": torch.sparse_csr, "coo": torch.sparse_coo}
 
@@ -62,24 +60,6 @@ def build(model: str, sparsity: float, seed: int) -> tuple[nn.Module, int, list[
         raise ValueError(f"unknown model {model!r} (choose linear or mlp)")
     prune_(net, sparsity, torch.Generator().manual_seed(seed))
     return net.eval(), width, layouts
-
-
-def measure(calls: dict[str, Callable[[], Tensor]], warmup: int, rounds: int) -> dict[str, list[float]]:
-    """Per-call seconds of each variant, the variants interleaved in alternating order."""
-    names = list(calls)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for call in calls.values():
-                call()
-        gc.collect()
-        for r in range(rounds):
-            for name in names if r % 2 == 0 else reversed(names):
-                call = calls[name]
-                start = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -122,7 +102,8 @@ def main() -> None:
                 for name, export in exports.items():
                     # One A/B pair per layout: a slow COO call between them would also slow the
                     # next dense and CSR calls (caches, thread wake-up), so COO is timed apart.
-                    times = measure({"dense": lambda: dense(x), name: lambda: export(x)}, args.warmup, args.rounds)
+                    with torch.inference_mode():
+                        times = interleave({"dense": lambda: dense(x), name: lambda: export(x)}, args.warmup, args.rounds)
                     dense_ms, sparse_ms = (1e3 * statistics.median(times[key]) for key in ("dense", name))
                     print(
                         f"| {model} | {sparsity:g} | {batch} | {name} | {dense_ms:.3f} | {sparse_ms:.3f} | "

@@ -49,23 +49,28 @@ has median 0, 90th percentile ~3e-3 and 99th ~5e-2, while the bonus of a never-a
 is ``c * sqrt(ln t)`` ~ 2.6 c.
 
 **overhead** -- per training step (zero_grad + forward + cross-entropy + backward + step),
-base Adam lr 1e-3, sparsity 0.9, synthetic batch of 256 (seed 0), on
+sparsity 0.9, synthetic batch of 256 (seed 0), with Adam (lr 1e-3) and with SGD (lr 1e-2,
+momentum 0.9), on benchmarks/_models.py's models with one head:
 
 * **mlp**: 784-512-512-10 (ReLU), and
-* **cnn**: step_overhead.py's: conv 1->16 3x3, ReLU, maxpool, conv 16->32 3x3, ReLU, maxpool,
-  linear 1568->128, ReLU, linear 128->10; input 1x28x28.
+* **cnn**: conv 1->16 3x3, ReLU, maxpool, conv 16->32 3x3, ReLU, maxpool, linear 1568->128,
+  ReLU, linear 128->10; input 1x28x28.
 
-Between topology updates: dense Adam vs ``SparsityController(regrow="gradient")`` vs
-rigl-torch, both with their update interval far beyond the timed window, so only the masking
-in their hooks is timed. After a warm-up, one step of each in alternating order (A B C, C B A,
-...), each step timed with ``time.perf_counter``; medians, ratio to dense, a bootstrap 95%
-interval of the ratio and the ratio of minima, as in step_overhead.py. Then the cost of a
-topology update: both run with an update every ``UPDATE_PROBE`` steps (no stop, so a constant
-drop fraction of 0.3); the update call itself (``SparsityController._update``,
-``RigLScheduler._rigl_step``) is timed on its own, and so is the whole iteration that contains
-it. Last, the checks: after 200 steps with an update every 100 (stop at 1000), the fraction of
-pruned weights whose Adam ``exp_avg`` / ``exp_avg_sq`` is non-zero and whose weight is
-non-zero, and whether ``optimizer.step(closure)`` works.
+Between topology updates: dense vs ``SparsityController(regrow="gradient")`` (default ERK
+layout over every weight matrix) vs ``torch_moo-same-layers`` (the controller on the weights
+rigl-torch masks: all but the first layer's, uniform) vs rigl-torch, all with their update
+interval far beyond the timed window, so only the masking in their hooks is timed. After a
+warm-up, one step of each in alternating order (benchmarks/_timing.py); medians, ratio to
+dense, a bootstrap 95% interval of the ratio and the ratio of minima. SGD shows the cost of the
+masking itself; with Adam the base optimizer's own step also gets slower, because ``sqrt`` of
+the exactly-zero second moments of masked weights is several times slower than of non-zero
+ones on this CPU (the script times both). Then the cost of a topology update: each
+method runs with an update every ``UPDATE_PROBE`` steps (no stop, so a constant drop fraction
+of 0.3); the update call itself (``SparsityController._update``, ``RigLScheduler._rigl_step``)
+is timed on its own, and so is the whole iteration that contains it. Last, the checks: after
+200 steps with an update every 100 (stop at 1000), the fraction of pruned weights whose Adam
+``exp_avg`` / ``exp_avg_sq`` is non-zero and whose weight is non-zero, and whether
+``optimizer.step(closure)`` works.
 
 rigl-torch's ``util.py`` imports torchvision only for two ``isinstance`` checks against ResNet
 blocks (whose branch does the same as the fallback); when torchvision is not installed this
@@ -87,16 +92,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import importlib.util
-import random
 import re
 import statistics
 import sys
 import time
 import types
 import warnings
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +107,12 @@ from torch import Tensor, nn
 
 import torch_moo as tm
 from torch_moo.datasets import TwoDigits
+
+from _models import build
+from _timing import interleave, median_time, ratio_row
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from quickstart import TwoHeadCNN  # noqa: E402 - the quickstart's two-head CNN, from examples/
 
 EXPLORATION = 1e-2  # DST-EE's c, from the sweep in the docstring
 UPDATE_EVERY = 50  # steps between topology updates in the accuracy part
@@ -132,24 +141,6 @@ def import_rigl():
 
 
 # ------------------------------------------------------------------------------- accuracy
-class TwoHeadCNN(nn.Module):
-    """examples/quickstart.py's model: a shared trunk (16x16 -> 8x8 -> 4x4) and one linear head per digit."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(32 * 4 * 4, 128), nn.ReLU(),
-        )
-        self.left = nn.Linear(128, 10)
-        self.right = nn.Linear(128, 10)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.trunk(x)
-        return self.left(z), self.right(z)
-
-
 def weight_sparsity(model: nn.Module) -> float:
     """The fraction of exact zeros over the model's weight matrices and kernels."""
     weights = tm.objectives.sparsifiable_parameters(model)
@@ -222,7 +213,7 @@ def summary(values: list[float]) -> str:
 
 def part_accuracy(args, RigL) -> None:
     warnings.filterwarnings("ignore", message=re.escape("Seems like `optimizer.step()` has been overridden"), category=UserWarning)
-    methods = ["static", *DST, "gradient-uniform"] + (["rigl-torch"] if RigL else [])
+    methods = [m for m in ["static", *DST, "gradient-uniform"] + (["rigl-torch"] if RigL else []) if m in args.methods]
     size = (1024, 512) if args.quick else (None, None)
     train_data = TwoDigits(train=True, size=size[0], seed=0).tensors()
     test_data = TwoDigits(train=False, size=size[1], seed=0).tensors()
@@ -232,7 +223,7 @@ def part_accuracy(args, RigL) -> None:
         f"steps, batch {args.batch_size}, Adam lr {args.lr}, update_every {UPDATE_EVERY}, stop_after "
         f"{int(STOP_FRACTION * steps)}, exploration c {args.exploration:g}, seeds {args.seeds}"
     )
-    runs = [("dense", 0.0)] + [(m, s) for s in args.sparsities for m in methods]
+    runs = [("dense", 0.0)] * ("dense" in args.methods) + [(m, s) for s in args.sparsities for m in methods]
     print()
     print("| sparsity | method | left acc | right acc | measured sparsity | coverage | s/run |")
     print("|---:|---|---:|---:|---:|---:|---:|")
@@ -269,36 +260,27 @@ def part_sweep(args) -> None:
 
 
 # ------------------------------------------------------------------------------- overhead
-def build(model: str, seed: int) -> tuple[nn.Module, Tensor, Tensor]:
-    torch.manual_seed(seed)
-    if model == "mlp":
-        net = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
-        x = torch.randn(256, 784)
-    elif model == "cnn":
-        net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x14x14
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
-            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
-        )
-        x = torch.randn(256, 1, 28, 28)
-    else:
-        raise ValueError(f"unknown model {model!r} (choose mlp or cnn)")
-    return net, x, torch.randint(0, 10, (256,))
-
-
-def make_step(kind: str, net: nn.Module, x: Tensor, y: Tensor, RigL, every: int, stop: int | None = None):
+def make_step(kind: str, net: nn.Module, x: Tensor, y: Tensor, RigL, every: int, stop: int | None = None, base: str = "adam"):
     """A step function for ``kind`` (dense, torch_moo or rigl-torch) on its own copy of ``net``; with its optimizer and controller."""
     net = copy.deepcopy(net)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    if base == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9)
     controller = None
     if kind == "torch_moo":
         controller = tm.SparsityController(opt, model=net, sparsity=0.9, regrow="gradient", update_every=every, stop_after=stop)
+    elif kind == "torch_moo-same-layers":  # rigl-torch's masked set: every weight but the first layer's, uniform
+        controller = tm.SparsityController(
+            opt, model=net, params=tm.objectives.sparsifiable_parameters(net)[1:], sparsity=0.9,
+            distribution="uniform", regrow="gradient", update_every=every, stop_after=stop,
+        )
     elif kind == "rigl-torch":
         controller = RigL(net, opt, dense_allocation=0.1, T_end=stop or 10**12, delta=every, ignore_linear_layers=False)
 
     def step() -> None:
         opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
+        F.cross_entropy(net(x)[0], y[:, 0]).backward()
         if kind != "rigl-torch" or controller():
             opt.step()
 
@@ -306,30 +288,7 @@ def make_step(kind: str, net: nn.Module, x: Tensor, y: Tensor, RigL, every: int,
     return step
 
 
-def bootstrap_ratio(a: list[float], b: list[float], draws: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of median(b) / median(a), resampling steps with replacement."""
-    rng = random.Random(seed)
-    ratios = sorted(
-        statistics.median(rng.choices(b, k=len(b))) / statistics.median(rng.choices(a, k=len(a))) for _ in range(draws)
-    )
-    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
-
-
-def interleave(steps: dict[str, Callable[[], None]], warmup: int, rounds: int, block: int) -> dict[str, list[float]]:
-    """Per-step times of each step function, run in alternating order (A B C, C B A, ...)."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    gc.collect()
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else reversed(names):
-            for _ in range(block):
-                start = time.perf_counter()
-                steps[name]()
-                times[name].append(time.perf_counter() - start)
-    return times
+OPTIMIZERS = {"adam": "Adam lr 1e-3", "sgd": "SGD lr 1e-2 momentum 0.9"}
 
 
 def timed_method(owner: object, name: str, out: list[float]) -> None:
@@ -365,7 +324,7 @@ def closure_works(step, x: Tensor, y: Tensor) -> str:
 
     def closure():
         step.opt.zero_grad()
-        loss = F.cross_entropy(step.net(x), y)
+        loss = F.cross_entropy(step.net(x)[0], y[:, 0])
         loss.backward()
         return loss
 
@@ -378,27 +337,30 @@ def closure_works(step, x: Tensor, y: Tensor) -> str:
 
 def part_overhead(args, RigL) -> None:
     warmup, rounds = (3, 10) if args.quick else (args.warmup, args.rounds)
-    kinds = ["dense", "torch_moo"] + (["rigl-torch"] if RigL else [])
-    print(f"overhead: Adam lr 1e-3, sparsity 0.9, batch 256, warm-up {warmup}, {rounds} alternating steps per method")
+    kinds = ["dense", "torch_moo", "torch_moo-same-layers"] + (["rigl-torch"] if RigL else [])
+    print(f"overhead: sparsity 0.9, batch 256, warm-up {warmup}, {rounds} alternating steps per method")
     print()
     print("between updates (masking only):")
     print()
-    print("| model | method | dense ms | method ms | ratio | 95% CI | min ratio |")
-    print("|---|---|---:|---:|---:|---|---:|")
+    print("| model | optimizer | method | dense ms | method ms | ratio | 95% CI | min ratio |")
+    print("|---|---|---|---:|---:|---:|---|---:|")
     never = 10**9
     for model in args.models:
-        net, x, y = build(model, args.seed)
-        steps = {kind: make_step(kind, net, x, y, RigL, never) for kind in kinds}
-        times = interleave(steps, warmup, rounds, 1)
-        a = times["dense"]
-        for kind in kinds[1:]:
-            b = times[kind]
-            ma, mb = statistics.median(a), statistics.median(b)
-            lo, hi = bootstrap_ratio(a, b, 200 if args.quick else 2000, args.seed)
-            print(
-                f"| {model} | {kind} | {1e3 * ma:.2f} | {1e3 * mb:.2f} | {mb / ma:.3f} | {lo:.3f}-{hi:.3f} | {min(b) / min(a):.3f} |",
-                flush=True,
-            )
+        net, x, y = build(model, 1, args.seed)
+        for base in ("adam", "sgd"):
+            steps = {kind: make_step(kind, net, x, y, RigL, never, base=base) for kind in kinds}
+            times = interleave(steps, warmup, rounds, 1)
+            a = times["dense"]
+            for kind in kinds[1:]:
+                row = ratio_row(a, times[kind], 200 if args.quick else 2000, args.seed)
+                print(f"| {model} | {OPTIMIZERS[base]} | {kind} | {row} |", flush=True)
+    zeros, ones = torch.zeros(512 * 784), torch.ones(512 * 784)
+    sqrt_zeros, sqrt_ones = (median_time(lambda v=v: v.sqrt(), 20 if args.quick else 200) for v in (zeros, ones))
+    print()
+    print(
+        f"Adam's sqrt of its second moment, on 784x512 entries: {1e6 * sqrt_zeros:.0f} us when they are all 0 "
+        f"(a masked weight's), {1e6 * sqrt_ones:.0f} us when they are 1"
+    )
 
     updates = 3 if args.quick else args.updates
     print()
@@ -407,7 +369,7 @@ def part_overhead(args, RigL) -> None:
     print("| model | method | update call ms | iteration with update ms | other iterations ms |")
     print("|---|---|---:|---:|---:|")
     for model in args.models:
-        net, x, y = build(model, args.seed)
+        net, x, y = build(model, 1, args.seed)
         calls: dict[str, list[float]] = {}
         steps = {}
         for kind in kinds[1:]:
@@ -421,7 +383,7 @@ def part_overhead(args, RigL) -> None:
             per_step = times[kind]
             # torch_moo updates in the step after step_count reaches a multiple (index 10, 20, ...);
             # rigl-torch when its counter reaches one (index 9, 19, ...)
-            offset = 0 if kind == "torch_moo" else UPDATE_PROBE - 1
+            offset = UPDATE_PROBE - 1 if kind == "rigl-torch" else 0
             marked = [i for i in range(len(per_step)) if i >= UPDATE_PROBE and (i - offset) % UPDATE_PROBE == 0]
             with_update = [per_step[i] for i in marked][-updates:]
             skip = set(marked)
@@ -439,8 +401,8 @@ def part_overhead(args, RigL) -> None:
     print("|---|---|---:|---:|---:|---:|---|")
     n = 20 if args.quick else 200
     for model in args.models:
-        net, x, y = build(model, args.seed)
-        for kind in kinds[1:]:
+        net, x, y = build(model, 1, args.seed)
+        for kind in [k for k in kinds if k in ("torch_moo", "rigl-torch")]:
             step = make_step(kind, net, x, y, RigL, n // 2, stop=5 * n)
             calls = []
             timed_method(step.controller, "_rigl_step" if kind == "rigl-torch" else "_update", calls)
@@ -460,6 +422,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seeds", default="0,1,2", help="accuracy: comma-separated seeds (init, batches, topology)")
     parser.add_argument("--sparsities", default="0.9,0.95,0.98", help="accuracy: comma-separated")
+    parser.add_argument(
+        "--methods", default="dense,static,random,gradient,exploration,gradient-uniform,rigl-torch", help="accuracy: comma-separated"
+    )
     parser.add_argument("--epochs", type=int, default=10, help="accuracy: training epochs")
     parser.add_argument("--lr", type=float, default=5e-3, help="accuracy: Adam learning rate")
     parser.add_argument("--batch-size", type=int, default=128, help="accuracy")
@@ -473,6 +438,7 @@ def main() -> None:
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.sparsities = [float(s) for s in args.sparsities.split(",") if s.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.quick:
         args.epochs, args.seeds = 1, args.seeds[:1]

@@ -26,53 +26,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
-import random
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 
 import torch_moo
-
-NUM_CLASSES = 10
-BATCH = 256
-
-
-class MultiHead(nn.Module):
-    """A shared trunk followed by ``k`` linear heads; returns the list of head outputs."""
-
-    def __init__(self, trunk: nn.Module, width: int, k: int) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.heads = nn.ModuleList(nn.Linear(width, NUM_CLASSES) for _ in range(k))
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        features = self.trunk(x)
-        return [head(features) for head in self.heads]
-
-
-def build(model: str, k: int, seed: int) -> tuple[nn.Module, Tensor, Tensor]:
-    """Model, inputs and labels (one label column per head), all from ``seed``."""
-    torch.manual_seed(seed)
-    if model == "mlp":
-        trunk = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU())
-        net, x = MultiHead(trunk, 512, k), torch.randn(BATCH, 784)
-    elif model == "cnn":
-        trunk = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x14x14
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
-            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(),
-        )
-        net, x = MultiHead(trunk, 128, k), torch.randn(BATCH, 1, 28, 28)
-    else:
-        raise ValueError(f"unknown model {model!r} (choose mlp or cnn)")
-    y = torch.randint(0, NUM_CLASSES, (BATCH, k))
-    return net, x, y
-
+from _models import BATCH, build
+from _timing import interleave, ratio_row
 
 METHODS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "ChebyshevALM": lambda params, k: torch_moo.ChebyshevALM(
@@ -105,36 +66,6 @@ def make_steps(model: str, k: int, seed: int, methods: list[str]) -> dict[str, C
 
         steps[name] = method_step
     return steps
-
-
-def time_steps(step: Callable[[], None], n: int, out: list[float]) -> None:
-    for _ in range(n):
-        start = time.perf_counter()
-        step()
-        out.append(time.perf_counter() - start)
-
-
-def measure(steps: dict[str, Callable[[], None]], warmup: int, rounds: int, block: int) -> dict[str, list[float]]:
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    gc.collect()
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else reversed(names):
-            time_steps(steps[name], block, times[name])
-    return times
-
-
-def bootstrap_ratio(a: list[float], b: list[float], draws: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of median(b) / median(a), resampling steps with replacement."""
-    rng = random.Random(seed)
-    ratios = sorted(
-        statistics.median(rng.choices(b, k=len(b))) / statistics.median(rng.choices(a, k=len(a)))
-        for _ in range(draws)
-    )
-    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
 
 
 def main() -> None:
@@ -170,20 +101,9 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---|---:|")
     for model in models:
         for k in ks:
-            times = measure(make_steps(model, k, args.seed, methods), args.warmup, args.rounds, args.block)
-            a = times["Adam"]
+            times = interleave(make_steps(model, k, args.seed, methods), args.warmup, args.rounds, args.block)
             for name in methods:
-                b = times[name]
-                ma, mb = statistics.median(a), statistics.median(b)
-                ci = "-"
-                if args.bootstrap:
-                    lo, hi = bootstrap_ratio(a, b, args.bootstrap, args.seed)
-                    ci = f"{lo:.3f}-{hi:.3f}"
-                print(
-                    f"| {model} | {k} | {name} | {1e3 * ma:.2f} | {1e3 * mb:.2f} | {mb / ma:.3f} | {ci} | "
-                    f"{min(b) / min(a):.3f} |",
-                    flush=True,
-                )
+                print(f"| {model} | {k} | {name} | {ratio_row(times['Adam'], times[name], args.bootstrap, args.seed)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["mean_across_ranks", "broadcast_from_first"]
+__all__ = ["mean_across_ranks", "means_across_ranks", "broadcast_from_first"]
 
 
 def _world() -> bool:
@@ -23,6 +23,14 @@ def mean_across_ranks(tensor: Tensor) -> Tensor:
     total = tensor.clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total.div_(dist.get_world_size())
+
+
+def means_across_ranks(tensors: list[Tensor]) -> list[Tensor]:
+    """:func:`mean_across_ranks` of several tensors of one dtype, in one all-reduce (``tensors`` themselves without a process group)."""
+    if not _world() or not tensors:
+        return tensors
+    flat = mean_across_ranks(torch.cat([tensor.reshape(-1) for tensor in tensors]))
+    return [part.view_as(tensor) for part, tensor in zip(flat.split([tensor.numel() for tensor in tensors]), tensors)]
 
 
 def broadcast_from_first(tensors: list[Tensor]) -> list[Tensor]:

@@ -8,14 +8,18 @@ import torch
 from torch.optim import lr_scheduler
 
 from tests.helpers import TwoHeads, flat_parameters, task_losses
-from torch_moo import ChebyshevALM, MinMaxWeighting
+from torch_moo import ChebyshevALM, MinMaxWeighting, MultiGradientDescent
 
 # Every torch_moo optimizer with small settings under which its own state moves within a few
 # steps; the protocol tests below run for each. A one-objective variant is built from the same entry.
 OPTIMIZERS = {
     "ChebyshevALM": (ChebyshevALM, dict(preference=[0.3, 0.7], outer_every=3, penalty=5.0)),
     "MinMaxWeighting": (MinMaxWeighting, dict(update_every=2)),
+    # per-objective moments give it a method state that moves every step
+    "MultiGradientDescent": (MultiGradientDescent, dict(moments=(0.9, 0.99))),
 }
+# Options a one-objective variant changes: with moments MGDA runs Adam's direction, not the base's.
+ONE_OBJECTIVE = {"ChebyshevALM": {"preference": [1.0]}, "MultiGradientDescent": {"moments": None}}
 
 
 @pytest.fixture(params=sorted(OPTIMIZERS))
@@ -26,8 +30,8 @@ def method(request):
 def make(model, method="ChebyshevALM", num_objectives=2, **kwargs):
     cls, defaults = OPTIMIZERS[method]
     options = dict(defaults, lr=1e-2)
-    if num_objectives == 1 and "preference" in options:
-        options["preference"] = [1.0]
+    if num_objectives == 1:
+        options.update(ONE_OBJECTIVE.get(method, {}))
     options.update(kwargs)
     params = model.parameters() if isinstance(model, torch.nn.Module) else model
     return cls(params, num_objectives=num_objectives, **options)
@@ -144,6 +148,8 @@ def test_one_objective_is_the_base_optimizer_exactly(base, kwargs, method):
 
 
 def test_backward_fills_grad_with_the_weighted_sum_and_accumulates(method):
+    if method == "MultiGradientDescent":
+        pytest.skip("gradient-space: heads get their own gradient (tests/unit/test_mgda.py)")
     model = TwoHeads()
     opt = make(model, method)
     opt.zero_grad()
@@ -176,7 +182,7 @@ def test_accumulated_backward_calls_update_the_state_with_their_mean_losses():
 
 def test_retain_graph_allows_a_second_backward(method):
     model = TwoHeads()
-    opt = make(model, method)
+    opt = make(model, method, **({"moments": None} if method == "MultiGradientDescent" else {}))
     losses = task_losses(model, 0)
     opt.backward(losses, retain_graph=True)
     opt.backward(losses)
@@ -230,7 +236,7 @@ def test_gradient_clipping_between_backward_and_step(method):
 
 def test_add_param_group_reaches_the_base(method):
     model = TwoHeads()
-    opt = make(model, method)
+    opt = make(model, method, **({"moments": None} if method == "MultiGradientDescent" else {}))
     extra = torch.nn.Parameter(torch.ones(3))
     opt.add_param_group({"params": [extra], "lr": 0.1})
     assert opt.base.param_groups[-1]["params"][0] is extra
@@ -254,7 +260,7 @@ def test_step_hooks_run_once_per_step(method):
     assert len(calls) == 4
 
 
-EVERY_STEP = {"ChebyshevALM": {"outer_every": 1}, "MinMaxWeighting": {"update_every": 1}}
+EVERY_STEP = {"ChebyshevALM": {"outer_every": 1}, "MinMaxWeighting": {"update_every": 1}, "MultiGradientDescent": {}}
 
 
 def test_gradscaler_skipped_step_advances_no_state(method):
@@ -300,6 +306,8 @@ RESUME_CASES = [
     ("ChebyshevALM", {"multiplier_update": "reference", "penalty": 1e-3, "penalty_growth": 2.0}),
     ("MinMaxWeighting", {}),
     ("MinMaxWeighting", {"ascent": "mirror", "update_every": 3}),
+    ("MultiGradientDescent", {}),
+    ("MultiGradientDescent", {"moments": None, "normalization": "loss+", "base": torch.optim.Adam}),
 ]
 
 
@@ -404,6 +412,8 @@ def test_deepcopy_keeps_the_base_and_the_method_state(method):
 
 
 def test_loss_space_methods_ignore_features(method):
+    if method == "MultiGradientDescent":
+        pytest.skip("gradient-space: features select the representation mode (tests/unit/test_mgda.py)")
     a, b = TwoHeads(), TwoHeads()
     opt_a, opt_b = make(a, method), make(b, method)
     x = torch.randn(4, 6)

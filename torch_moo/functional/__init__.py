@@ -8,6 +8,7 @@ from torch_moo.functional.chebyshev import (
     optimal_level,
     phr_penalty,
 )
+from torch_moo.functional.mgda import mgda_weights, normalized_gram
 from torch_moo.functional.min_norm import min_norm_weights
 from torch_moo.functional.simplex import project_simplex, simplex_threshold
 
@@ -15,7 +16,9 @@ __all__ = [
     "chebyshev_constraints",
     "chebyshev_objective_weights",
     "chebyshev_terms",
+    "mgda_weights",
     "min_norm_weights",
+    "normalized_gram",
     "multiplier_estimate",
     "optimal_level",
     "phr_penalty",

@@ -1,0 +1,216 @@
+"""MultiGradientDescent: what it writes into .grad in each mode, moments, scaler, errors."""
+
+import pytest
+import torch
+
+from tests.helpers import TwoHeads, batch, flat_parameters, task_losses
+from torch_moo import MultiGradientDescent
+from torch_moo.functional import mgda_weights, normalized_gram
+
+
+def trunk_jacobian(model, losses):
+    trunk = list(model.trunk.parameters())
+    rows = [torch.autograd.grad(loss, trunk, retain_graph=True) for loss in losses]
+    return torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in rows])
+
+
+def features_and_losses(model, step):
+    x, y1, y2 = batch(step)
+    z = model.trunk(x)
+    out1, out2 = (head(z).squeeze(-1) for head in model.heads)
+    return z, torch.stack([(out1 - y1).square().mean(), (out2 - y2).square().mean()])
+
+
+def grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
+def test_full_mode_is_mgda_on_the_shared_parameters_and_heads_take_their_own_gradient(normalization):
+    model = TwoHeads()
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2, normalization=normalization, lr=1e-2)
+    alpha = opt.backward(task_losses(model, 0))
+    losses = task_losses(model, 0)
+    jacobian = trunk_jacobian(model, losses)
+    expected, _ = mgda_weights(jacobian, losses.detach(), normalization)
+    # Both sides run the same float32 Gram and float64 solve: agreement to float32 rounding.
+    torch.testing.assert_close(alpha, expected)
+    got = torch.cat([p.grad.reshape(-1) for p in model.trunk.parameters()])
+    torch.testing.assert_close(got, expected @ jacobian)
+    for head, loss in zip(model.heads, losses):
+        for p, own in zip(head.parameters(), torch.autograd.grad(loss, list(head.parameters()), retain_graph=True)):
+            torch.testing.assert_close(p.grad, own)
+    if normalization == "none":  # the common descent inequality <d, g_i> >= ||d||^2, and ||d||^2 reported
+        d = expected @ jacobian
+        assert (jacobian @ d >= d @ d - 1e-6 * jacobian.square().sum()).all()
+        torch.testing.assert_close(opt.stationarity, d @ d)
+    # The gap is evaluated at the float32 weights, whose sum differs from 1 by float32 rounding
+    # (~6e-8): so it is >= 0 only up to about 1e-7 of the largest diagonal entry of the Gram matrix.
+    scale = normalized_gram(jacobian @ jacobian.T, losses.detach(), normalization).diagonal().max()
+    assert -1e-7 * scale < opt.gap < 1e-6 * scale
+
+
+def test_representation_mode_weights_the_trunk_through_the_features_and_heads_take_their_own_gradient():
+    model = TwoHeads()
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2, lr=1e-2)
+    z, losses = features_and_losses(model, 0)
+    alpha = opt.backward(losses, features=z)
+    z, losses = features_and_losses(model, 0)
+    feature_grads = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for loss in losses])
+    torch.testing.assert_close(alpha, mgda_weights(feature_grads)[0])
+    trunk = list(model.trunk.parameters())
+    for p, want in zip(trunk, torch.autograd.grad(alpha @ losses, trunk, retain_graph=True)):
+        torch.testing.assert_close(p.grad, want)
+    for head, loss in zip(model.heads, losses):
+        for p, own in zip(head.parameters(), torch.autograd.grad(loss, list(head.parameters()), retain_graph=True)):
+            torch.testing.assert_close(p.grad, own)
+
+
+def test_a_sequence_of_losses_is_the_same_as_their_stack_and_backward_accumulates():
+    a, b = TwoHeads(), TwoHeads()
+    opt_a = MultiGradientDescent(a.parameters(), num_objectives=2, lr=1e-2)
+    opt_b = MultiGradientDescent(b.parameters(), num_objectives=2, lr=1e-2)
+    x, y1, y2 = batch(0)
+    out1, out2 = a(x)
+    opt_a.backward([(out1 - y1).square().mean(), (out2 - y2).square().mean()])
+    opt_b.backward(task_losses(b, 0))
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p.grad, q.grad)
+    first = grads(b)
+    opt_b.backward(task_losses(b, 0))
+    for p, g in zip(b.parameters(), first):
+        torch.testing.assert_close(p.grad, 2 * g)
+
+
+def test_losses_not_built_by_stack_reach_every_parameter_so_heads_are_weighted_too():
+    # torch.cat hides which entry depends on which head: every parameter is shared then.
+    model = TwoHeads()
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2, lr=1e-2)
+    losses = task_losses(model, 0)
+    alpha = opt.backward(torch.cat([losses[:1], losses[1:]]))
+    head = list(model.heads[0].parameters())
+    for p, own in zip(head, torch.autograd.grad(task_losses(model, 0)[0], head)):
+        torch.testing.assert_close(p.grad, alpha[0] * own)
+
+
+def test_one_objective_without_moments_is_the_base_optimizer_exactly():
+    wrapped, plain = TwoHeads(), TwoHeads()
+    opt = MultiGradientDescent(wrapped.parameters(), num_objectives=1, lr=1e-2)
+    reference = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    for step in range(5):
+        opt.zero_grad()
+        reference.zero_grad()
+        opt.backward(task_losses(wrapped, step).sum().reshape(1))
+        task_losses(plain, step).sum().backward()
+        opt.step()
+        reference.step()
+    assert torch.equal(flat_parameters(wrapped), flat_parameters(plain))
+
+
+def test_one_objective_with_moments_and_sgd_is_adam():
+    # k = 1: alpha = 1 and the direction is Adam's m_hat / (sqrt(v_hat) + eps); SGD steps by lr times it.
+    wrapped, plain = TwoHeads(), TwoHeads()
+    opt = MultiGradientDescent(wrapped.parameters(), num_objectives=1, moments=(0.9, 0.99), base=torch.optim.SGD, lr=1e-2)
+    reference = torch.optim.Adam(plain.parameters(), lr=1e-2, betas=(0.9, 0.99))
+    for step in range(6):
+        opt.zero_grad()
+        reference.zero_grad()
+        opt.backward(task_losses(wrapped, step).sum().reshape(1))
+        task_losses(plain, step).sum().backward()
+        opt.step()
+        reference.step()
+    # Same formula, different association of the float32 operations: rounding-level agreement.
+    torch.testing.assert_close(flat_parameters(wrapped), flat_parameters(plain), rtol=1e-5, atol=1e-6)
+
+
+def test_moments_hold_each_objectives_adam_estimates():
+    model = TwoHeads()
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2, moments=(0.5, 0.75), base=torch.optim.SGD, lr=0.0)
+    params = list(model.parameters())
+    expected_m = expected_v = 0
+    for step in range(3):
+        opt.zero_grad()
+        opt.backward(task_losses(model, step))
+        opt.step()
+        losses = task_losses(model, step)
+        rows = []
+        for loss in losses:
+            row = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, row)]))
+        jacobian = torch.stack(rows)
+        expected_m = 0.5 * expected_m + 0.5 * jacobian
+        expected_v = 0.75 * expected_v + 0.25 * jacobian.square()
+    state = opt.state_dict()["torch_moo"]["state"]
+    assert state["moment_steps"] == 3
+    torch.testing.assert_close(state["exp_avg"], expected_m)
+    torch.testing.assert_close(state["exp_avg_sq"], expected_v)
+
+
+def test_moments_refuse_features_a_second_backward_and_a_new_param_group():
+    model = TwoHeads()
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2, moments=(0.9, 0.99), lr=1e-2)
+    z, losses = features_and_losses(model, 0)
+    with pytest.raises(ValueError, match="moments need the per-parameter gradients"):
+        opt.backward(losses, features=z)
+    opt.backward(task_losses(model, 0))
+    with pytest.raises(RuntimeError, match=r"one backward\(\) per step\(\)"):
+        opt.backward(task_losses(model, 0))
+    opt.zero_grad()
+    extra = torch.nn.Parameter(torch.ones(2))
+    opt.add_param_group({"params": [extra]})
+    with pytest.raises(RuntimeError, match="add_param_group is not supported with moments"):
+        opt.backward(task_losses(model, 0) + extra.sum())
+
+
+def test_moments_skip_non_finite_steps_without_the_check():
+    model = TwoHeads()
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2, moments=(0.9, 0.99), check_finite=False, lr=0.0)
+    opt.backward(task_losses(model, 0))
+    opt.step()
+    before = {key: value.clone() for key, value in opt.state_dict()["torch_moo"]["state"].items()}
+    opt.zero_grad()
+    opt.backward(task_losses(model, 1) * torch.tensor([float("nan"), 1.0]))
+    opt.step()
+    after = opt.state_dict()["torch_moo"]["state"]
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+def test_representation_mode_under_gradscaler_equals_the_unscaled_step():
+    # Power-of-two scales are exact, so scaling then unscaling changes no bit.
+    a, b = TwoHeads(), TwoHeads()
+    opt_a = MultiGradientDescent(a.parameters(), num_objectives=2, lr=1e-2)
+    opt_b = MultiGradientDescent(b.parameters(), num_objectives=2, lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    for step in range(3):
+        opt_a.zero_grad()
+        z, losses = features_and_losses(a, step)
+        opt_a.backward(losses, features=z, scaler=scaler)
+        scaler.step(opt_a)
+        scaler.update()
+        opt_b.zero_grad()
+        z, losses = features_and_losses(b, step)
+        opt_b.backward(losses, features=z)
+        opt_b.step()
+    assert torch.equal(flat_parameters(a), flat_parameters(b))
+
+
+def test_bad_input_is_refused_with_the_reason():
+    model = TwoHeads()
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        MultiGradientDescent(model.parameters(), num_objectives=2, normalization="max")
+    with pytest.raises(TypeError, match=r"moments must be None or a pair \(beta1, beta2\)"):
+        MultiGradientDescent(model.parameters(), num_objectives=2, moments=0.9)
+    with pytest.raises(ValueError, match=r"moments beta2 must be in \[0, 1\)"):
+        MultiGradientDescent(model.parameters(), num_objectives=2, moments=(0.9, 1.0))
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2, normalization="loss")
+    with pytest.raises(ValueError, match="needs positive losses"):
+        opt.backward(task_losses(model, 0) - 10)
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2)
+    x, _, _ = batch(0)
+    z = model.trunk(x)
+    with pytest.raises(ValueError, match="objective 1 does not depend on the features"):
+        opt.backward(torch.stack([model.heads[0](z).mean(), model.heads[1].weight.sum()]), features=z)
+    with pytest.raises(ValueError, match="features must be a tensor"):
+        opt.backward(task_losses(model, 0), features=z.detach())
+    assert all(p.grad is None for p in model.parameters())  # nothing was written by a refused call

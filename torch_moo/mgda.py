@@ -1,0 +1,328 @@
+"""MultiGradientDescent: the common descent direction of MGDA, written into ``.grad``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.graph import GradientEdge
+from torch.optim import Optimizer
+
+from torch_moo._validation import all_finite, check_choice, check_real
+from torch_moo.base import MultiObjectiveOptimizer
+from torch_moo.distributed import mean_across_ranks, means_across_ranks
+from torch_moo.functional.mgda import NORMALIZATIONS, Normalization, normalized_gram
+from torch_moo.functional.min_norm import min_norm_weights
+
+__all__ = ["MultiGradientDescent"]
+
+_MOMENT_EPS = 1e-8  # Adam's epsilon in the per-objective moments' denominator
+
+
+class MultiGradientDescent(MultiObjectiveOptimizer):
+    r"""MGDA: descend along the min-norm element of the convex hull of the objectives' gradients.
+
+    Désidéri, *Multiple-gradient descent algorithm (MGDA)* (2012); Sener & Koltun, *Multi-Task
+    Learning as Multi-Objective Optimization* (NeurIPS 2018); the per-objective moments follow
+    Reiners, Klamroth & Stiglmayr, *Efficient and Sparse Neural Networks by Pruning Weights in a
+    Multiobjective Learning Approach* (2020). Each :meth:`backward` computes
+
+    .. math::
+
+        \alpha = \arg\min_{\alpha \in \Delta} \Big\| \sum_i \alpha_i \hat g_i \Big\|^2,
+        \qquad d = \sum_i \alpha_i g_i ,
+
+    exactly (:func:`~torch_moo.functional.min_norm_weights`, on the device), where
+    :math:`g_i` is objective :math:`i`'s gradient over the *shared* parameters and
+    :math:`\hat g_i` its normalisation (:func:`~torch_moo.functional.normalized_gram`), and
+    writes :math:`d` into ``.grad``; the base optimizer then steps along it. With
+    ``normalization="none"``, :math:`d` decreases every objective
+    (:math:`\langle d, g_i \rangle \ge \|d\|^2`) and vanishes exactly at a Pareto-stationary
+    point; :attr:`stationarity` reports :math:`\|d\|^2`.
+
+    Two modes, chosen per call:
+
+    * ``opt.backward(losses)``: the gradients over every parameter, one backward pass per
+      objective (``torch.autograd.grad``). A parameter that two or more objectives reach is
+      shared and gets :math:`d`; one that a single objective reaches (a task head) gets that
+      objective's own gradient, as in MGDA; one that none reaches keeps its ``.grad``.
+    * ``opt.backward(losses, features=z)``: MGDA-UB, the cheap mode. :math:`g_i` is the
+      gradient with respect to the shared representation ``z`` (one backward through the
+      heads per objective), then one backward pass of :math:`\sum_i L_i` whose gradient at
+      ``z`` is replaced by :math:`\sum_i \alpha_i \partial L_i / \partial z` (a tensor hook):
+      the trunk receives the MGDA combination and each head its own gradient. Sener & Koltun
+      show that :math:`\alpha` then minimises an upper bound of the shared-parameter problem.
+      Every objective must depend on ``z``.
+
+    ``moments=(beta1, beta2)`` keeps Adam's moment estimates for every objective separately
+    (the multi-objective Adam of Reiners et al.) and runs MGDA on the objectives' Adam
+    directions :math:`u_i = \hat m_i / (\sqrt{\hat v_i} + 10^{-8})` instead of their raw
+    gradients, so ``.grad`` holds :math:`\sum_i \alpha_i u_i` (:math:`u_i` for a parameter only
+    objective :math:`i` reaches). Pair it with ``base=torch.optim.SGD`` (no momentum), which then
+    steps by ``lr`` times that direction: Adam as the base would precondition twice. It costs
+    two extra copies of the parameters per objective, is available in the full mode only, and
+    takes one :meth:`backward` per :meth:`step`.
+
+    Under :mod:`torch.distributed` every rank computes the same :math:`\alpha` and step, equal
+    to single-process MGDA on the concatenated batch. The full mode takes its gradients with
+    ``torch.autograd.grad``, which ``DistributedDataParallel``'s reducer does not see: call it
+    under ``model.no_sync()`` (or on the unwrapped module); it averages the per-objective
+    gradients itself (one all-reduce of :math:`k` times the shared parameters). The
+    representation mode all-reduces the :math:`k \times k` Gram matrix, and its final backward
+    is an ordinary one, which DDP averages as usual.
+
+    Args:
+        params: parameters or parameter groups.
+        num_objectives: number of objectives :math:`k`.
+        normalization: how the gradients are scaled for choosing :math:`\alpha` only:
+            ``"none"``, ``"l2"`` (by :math:`\|g_i\|`), ``"loss"`` (by :math:`L_i`) or
+            ``"loss+"`` (by :math:`L_i \|g_i\|`); the last two need positive losses.
+        moments: ``(beta1, beta2)`` for per-objective Adam moments, or ``None``.
+        check_finite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
+
+    Example:
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(torch.nn.Linear(8, 1) for _ in range(2))
+        >>> params = [*trunk.parameters(), *heads.parameters()]
+        >>> opt = MultiGradientDescent(params, num_objectives=2, lr=1e-2)
+        >>> x, y = torch.randn(32, 4), torch.randn(32, 2)
+        >>> for _ in range(3):
+        ...     opt.zero_grad()
+        ...     z = trunk(x).relu()
+        ...     losses = torch.stack([(head(z).squeeze(1) - y[:, i]).pow(2).mean() for i, head in enumerate(heads)])
+        ...     alpha = opt.backward(losses, features=z)
+        ...     opt.step()
+        >>> alpha.shape, bool(torch.isclose(alpha.sum(), torch.tensor(1.0)))
+        (torch.Size([2]), True)
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        *,
+        num_objectives: int,
+        normalization: Normalization = "none",
+        moments: tuple[float, float] | None = None,
+        check_finite: bool = True,
+        base: type[Optimizer] = torch.optim.Adam,
+        **base_kwargs: Any,
+    ) -> None:
+        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+        if moments is not None:
+            if not (isinstance(moments, Sequence) and len(moments) == 2):
+                raise TypeError(f"moments must be None or a pair (beta1, beta2), got {moments!r}")
+            for name, beta in zip(("beta1", "beta2"), moments):
+                if not 0.0 <= check_real(f"moments {name}", beta) < 1.0:
+                    raise ValueError(f"moments {name} must be in [0, 1), got {beta}")
+            moments = (float(moments[0]), float(moments[1]))
+        self.moments = moments
+        super().__init__(params, num_objectives=num_objectives, check_finite=check_finite, base=base, **base_kwargs)
+        self._stationarity = torch.zeros((), device=self._device)
+        self._gap = torch.zeros((), device=self._device)
+        size = sum(p.numel() for p in self._params()) if moments else 0
+        self._moment_steps = torch.zeros((), device=self._device)
+        self._exp_avg = torch.zeros(num_objectives if moments else 0, size, device=self._device)
+        self._exp_avg_sq = torch.zeros_like(self._exp_avg)
+        self._pending_moments: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def stationarity(self) -> Tensor:
+        r""":math:`\|\sum_i \alpha_i g_i\|^2` at the last :meth:`backward`, over the shared parameters
+        (or the features): the KKT residual of Pareto stationarity, 0 exactly at a
+        Pareto-stationary point (with ``normalization="none"``; else of the normalised gradients)."""
+        return self._stationarity.clone()
+
+    @property
+    def gap(self) -> Tensor:
+        """The min-norm solver's duality gap at the last :meth:`backward` (0 at the exact solution)."""
+        return self._gap.clone()
+
+    # ----------------------------------------------------------------------------- combine
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def _combine(self, losses, values, *, features, scaler, retain_graph):  # noqa: D102 (documented on the base)
+        if self.normalization in ("loss", "loss+") and self.check_finite and not bool((values > 0).all()):
+            raise ValueError(f"normalization={self.normalization!r} needs positive losses, got {values.tolist()}")
+        seed = losses.new_ones(())
+        if scaler is not None:
+            seed = scaler.scale(seed).reshape(()).to(losses.dtype)
+        if features is None:
+            return self._combine_parameters(_objective_roots(losses), seed, values, retain_graph, scaled=scaler is not None)
+        if self.moments is not None:
+            raise ValueError("moments need the per-parameter gradients: call backward(losses) without features")
+        return self._combine_features(losses, seed, values, features, retain_graph)
+
+    def _solve(self, gram: Tensor, values: Tensor) -> Tensor:
+        alpha, self._gap = min_norm_weights(normalized_gram(gram, values, self.normalization))
+        self._stationarity = alpha @ gram @ alpha
+        return alpha
+
+    def _combine_parameters(self, roots: list, seed: Tensor, values: Tensor, retain_graph: bool, scaled: bool) -> Tensor:
+        params = self._params()
+        k = self.num_objectives
+        rows = [_gradients(root, params, seed, retain_graph or i < k - 1) for i, root in enumerate(roots)]
+        reach = [[i for i in range(k) if rows[i][j] is not None] for j in range(len(params))]
+        if self.moments is not None:
+            return self._combine_moments(params, rows, reach, values, seed if scaled else None)
+        shared = [j for j in range(len(params)) if len(reach[j]) > 1]
+        own = [j for j in range(len(params)) if len(reach[j]) == 1]
+        jacobian = _jacobian(rows, params, shared)
+        jacobian, *own_grads = means_across_ranks([jacobian, *(rows[reach[j][0]][j] for j in own)])
+        alpha = self._solve(jacobian @ jacobian.T, values)
+        _accumulate([params[j] for j in shared], (alpha.to(jacobian.dtype) @ jacobian).split(_sizes(params, shared)))
+        _accumulate([params[j] for j in own], own_grads)
+        return alpha
+
+    def _combine_moments(
+        self, params: list[Tensor], rows, reach: list[list[int]], values: Tensor, scale: Tensor | None
+    ) -> Tensor:
+        """The per-objective Adam directions combined; ``scale`` is GradScaler's factor, taken off the
+        gradients before the moments and put back on the direction that ``scaler.step`` unscales."""
+        if self._pending_moments is not None:
+            raise RuntimeError("moments take one backward() per step(): call step() (or zero_grad()) first")
+        if self._exp_avg.shape[1] != sum(p.numel() for p in params):
+            raise RuntimeError(
+                f"moments were sized for {self._exp_avg.shape[1]} parameter entries at construction, "
+                f"the optimizer now has {sum(p.numel() for p in params)} (add_param_group is not supported with moments)"
+            )
+        beta1, beta2 = self.moments  # type: ignore[misc]
+        jacobian = mean_across_ranks(_jacobian(rows, params, range(len(params))))
+        if scale is not None:
+            jacobian = jacobian / scale
+        exp_avg = torch.lerp(self._exp_avg, jacobian, 1 - beta1)
+        exp_avg_sq = torch.lerp(self._exp_avg_sq, jacobian.square(), 1 - beta2)
+        self._pending_moments = (exp_avg, exp_avg_sq)
+        t = self._moment_steps + 1
+        directions = (exp_avg / (1 - beta1**t)) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + _MOMENT_EPS)
+        columns = list(zip(params, (directions[:, start : start + p.numel()] for start, p in zip(_starts(params), params))))
+        shared = [piece for (p, piece), objectives in zip(columns, reach) if len(objectives) > 1]
+        k = self.num_objectives
+        alpha = self._solve(sum((piece @ piece.T for piece in shared), directions.new_zeros(k, k)), values)
+        # shared entries: sum_i alpha_i u_i; an entry one objective reaches: that objective's u_i
+        weights = alpha.to(directions.dtype)
+        for (p, piece), objectives in zip(columns, reach):
+            if objectives:
+                direction = weights @ piece if len(objectives) > 1 else piece[objectives[0]]
+                _accumulate([p], [direction if scale is None else direction * scale])
+        return alpha
+
+    def _combine_features(
+        self, losses: Tensor, seed: Tensor, values: Tensor, features: Tensor | Sequence[Tensor], retain_graph: bool
+    ) -> Tensor:
+        features = [features] if isinstance(features, Tensor) else list(features)
+        if not features or not all(isinstance(f, Tensor) and f.requires_grad for f in features):
+            raise ValueError("features must be a tensor (or a sequence of tensors) that requires grad: the shared representation")
+        rows = [_gradients(root, features, seed, True) for root in _objective_roots(losses)]
+        for i, row in enumerate(rows):
+            if all(g is None for g in row):
+                raise ValueError(
+                    f"objective {i} does not depend on the features; the representation mode needs every "
+                    "objective to pass through them (call backward(losses) without features instead)"
+                )
+        jacobian = _jacobian(rows, features, range(len(features)))
+        alpha = self._solve(mean_across_ranks(jacobian @ jacobian.T), values)
+        pieces = (alpha.to(jacobian.dtype) @ jacobian).split([f.numel() for f in features])
+        handles = [f.register_hook(lambda _, piece=piece.view_as(f): piece) for f, piece in zip(features, pieces)]
+        try:
+            losses.sum().backward(seed, retain_graph=retain_graph)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return alpha
+
+    # ------------------------------------------------------------------------------- state
+    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: D102 (documented on the base)
+        super().zero_grad(set_to_none)
+        self._pending_moments = None
+
+    def _advance(self, values: Tensor) -> None:
+        if self._pending_moments is None:
+            return
+        exp_avg, exp_avg_sq = self._pending_moments
+        self._pending_moments = None
+        finite = all_finite(values) & all_finite(exp_avg_sq)  # inf/NaN gradients never enter the moments
+        self._exp_avg.copy_(torch.where(finite, exp_avg, self._exp_avg))
+        self._exp_avg_sq.copy_(torch.where(finite, exp_avg_sq, self._exp_avg_sq))
+        self._moment_steps += finite
+
+    def _config(self) -> dict[str, Any]:
+        return {**super()._config(), "normalization": self.normalization, "moments": self.moments}
+
+    def _method_state(self) -> dict[str, Any]:
+        return {
+            "moment_steps": self._moment_steps.clone(),
+            "exp_avg": self._exp_avg.clone(),
+            "exp_avg_sq": self._exp_avg_sq.clone(),
+        }
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        self._moment_steps.copy_(state["moment_steps"])
+        self._exp_avg.copy_(state["exp_avg"])
+        self._exp_avg_sq.copy_(state["exp_avg_sq"])
+        self._pending_moments = None
+
+
+def _objective_roots(losses: Tensor) -> list[Tensor | GradientEdge | None]:
+    """Where each objective's backward pass starts.
+
+    When ``losses`` is a ``torch.stack`` of the objectives' losses (as
+    :class:`~torch_moo.MultiObjectiveOptimizer` builds it from a sequence), the stack's inputs:
+    a pass from one of them reaches only the parameters that objective depends on, so a task
+    head gets no gradient (``None``) from the other tasks. Otherwise ``losses[i]``, whose pass
+    reaches every parameter ``losses`` depends on (zeros where objective ``i`` does not).
+    ``None`` for an entry that needs no gradient.
+    """
+    node = losses.grad_fn
+    if node is not None and node.name() == "StackBackward0" and len(node.next_functions) == losses.numel():
+        return [None if fn is None else GradientEdge(fn, nr) for fn, nr in node.next_functions]
+    return list(losses)
+
+
+def _gradients(root: Tensor | GradientEdge | None, inputs: Sequence[Tensor], seed: Tensor, retain_graph: bool) -> tuple:
+    """The gradient of one objective (``seed`` times it) with respect to ``inputs``; ``None`` where it does not reach."""
+    if root is None:
+        return (None,) * len(inputs)
+    return torch.autograd.grad(root, inputs, grad_outputs=seed, retain_graph=retain_graph, allow_unused=True)
+
+
+def _starts(tensors: Sequence[Tensor]) -> list[int]:
+    """The offset of each tensor in the concatenation of their flattened entries."""
+    starts, total = [], 0
+    for tensor in tensors:
+        starts.append(total)
+        total += tensor.numel()
+    return starts
+
+
+def _sizes(tensors: Sequence[Tensor], indices: Sequence[int]) -> list[int]:
+    return [tensors[j].numel() for j in indices]
+
+
+def _jacobian(rows: Sequence[Sequence[Tensor | None]], tensors: Sequence[Tensor], indices: Sequence[int]) -> Tensor:
+    """The ``k x n`` matrix of the objectives' gradients over ``tensors[indices]``, flattened (zeros where unreached)."""
+    reference = tensors[0]
+    return torch.stack(
+        [
+            torch.cat(
+                [
+                    reference.new_zeros(tensors[j].numel()) if row[j] is None else row[j].reshape(-1).to(reference.dtype)
+                    for j in indices
+                ]
+            )
+            if indices
+            else reference.new_zeros(0)
+            for row in rows
+        ]
+    )
+
+
+def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+    """Add ``grads`` into ``.grad``, as ``Tensor.backward`` does."""
+    for p, g in zip(params, grads):
+        g = g.view_as(p)
+        if p.grad is None:
+            p.grad = g.to(p.dtype)
+        else:
+            p.grad.add_(g)
