@@ -212,6 +212,16 @@ def test_acute_pair_takes_the_shorter_gradient():
     assert alpha.tolist() == [1.0, 0.0]
 
 
+def test_nearly_equal_pair_takes_the_shorter_gradient():
+    # Found by hypothesis: (g1 - g2)^2 is below float64 resolution of G11 - 2 G12 + G22, so the
+    # textbook closed form divided rounding noise; the signs of <g1 - g2, g1> and <g2 - g1, g2> do not.
+    jacobian = torch.tensor([[1.5410], [1.5410 + 1e-9]], dtype=F64)
+    gram = jacobian @ jacobian.T
+    alpha, gap = min_norm_weights(gram)
+    assert alpha.tolist() == [1.0, 0.0]
+    assert 0 <= gap.item() <= 1e-15 * gram.max().item()
+
+
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 def test_zero_gram_gives_uniform_weights(k):
     alpha, gap = min_norm_weights(torch.zeros(k, k, dtype=F64))

@@ -135,10 +135,16 @@ def _min_norm(gram: Tensor, early_exit: bool) -> tuple[Tensor, Tensor]:
     if k == 1:
         lam = scaled.new_ones(1)
     elif k == 2:
-        # alpha_1 = <g2 - g1, g2> / ||g2 - g1||^2 clipped to [0, 1]; any alpha when g1 = g2.
-        distance = scaled[0, 0] - 2 * scaled[0, 1] + scaled[1, 1]
-        first = ((scaled[1, 1] - scaled[0, 1]) / torch.where(distance > 0, distance, 1.0)).clamp(0, 1)
-        first = torch.where(distance > 0, first, 0.5)
+        # alpha_1 = <g2 - g1, g2> / ||g2 - g1||^2 clipped to [0, 1]. The two inner products
+        # <g1 - g2, g1> and <g2 - g1, g2> sum to ||g1 - g2||^2; their signs decide the clipping, and
+        # in the interior both are positive, so their sum has no cancellation (G11 - 2 G12 + G22
+        # has: for nearly equal gradients it is rounding noise and would pick a random alpha).
+        # Any alpha is optimal when g1 = g2 (both are 0): 0.5 each.
+        toward_first, toward_second = scaled[0, 0] - scaled[0, 1], scaled[1, 1] - scaled[0, 1]
+        interior = (toward_first > 0) & (toward_second > 0)
+        first = toward_second / torch.where(interior, toward_first + toward_second, 1.0)
+        first = torch.where(toward_second <= 0, 0.0, torch.where(toward_first <= 0, 1.0, first))
+        first = torch.where((toward_first <= 0) & (toward_second <= 0), 0.5, first)
         lam = torch.stack((first, 1 - first))
     else:
         ridge = _RIDGE * torch.eye(k, dtype=scaled.dtype, device=scaled.device)
@@ -172,7 +178,7 @@ def min_norm_weights(gram: Tensor) -> tuple[Tensor, Tensor]:
 
     The solve is exact, not a fixed number of Frank-Wolfe steps: :math:`k = 1` gives
     :math:`[1]`, :math:`k = 2` the closed form
-    :math:`\alpha_1 = \operatorname{clip}((G_{22} - G_{12}) / (G_{11} - 2G_{12} + G_{22}), 0, 1)`
+    :math:`\alpha_1 = \operatorname{clip}((G_{22} - G_{12}) / ((G_{11} - G_{12}) + (G_{22} - G_{12})), 0, 1)`
     (0.5 each when the two gradients coincide), and :math:`k \ge 3` Wolfe's min-norm-point
     algorithm (Wolfe 1976), in float64 on :math:`G` scaled by its largest diagonal entry (so
     the weights do not depend on the gradients' common scale) plus a ridge of :math:`10^{-13}`
