@@ -1,0 +1,172 @@
+"""Step time and peak memory of ``torch_moo.MultiGradientDescent`` next to plain Adam and the MGDA peers.
+
+One full training step (zero_grad + forward + k cross-entropy losses + the method's backward +
+step, base Adam lr 1e-3) on benchmarks/_models.py's MLP (784-512-512, k heads) and small CNN,
+batch 256, for k in ``--ks``:
+
+* ``Adam (sum)``: ``sum(losses).backward()``, one backward pass;
+* ``torch_moo MGDA``: ``opt.backward(losses)``, the full mode: one ``autograd.grad`` pass per
+  objective, the exact min-norm solve on the trunk's Gram matrix, each head its own gradient;
+* ``torch_moo MGDA-UB``: ``opt.backward(losses, features=z)``, the representation mode;
+* the peers of benchmarks/_mgda_peers.py (torchjd's MGDA and UPGrad, LibMTL's MGDA), each when
+  installed (``pip install -e .[bench]``).
+
+**time**: after ``--warmup`` steps each, ``--rounds`` steps of every method in alternating order
+(benchmarks/_timing.py); medians, ratio to Adam, bootstrap 95% interval, ratio of minima.
+**memory**: each (method, model, k) in a fresh process: the peak resident set size
+(``ru_maxrss``) after building the model and batch and running one forward pass, and after
+three steps; reported as the growth, and that growth minus Adam's.
+
+Usage::
+
+    python benchmarks/mgda_step.py                      # both parts, about 15 min on 2 cores
+    python benchmarks/mgda_step.py --part time --models mlp --ks 8
+    python benchmarks/mgda_step.py --quick              # smoke check
+
+Not a test: pytest does not collect it (no ``test_`` names, outside ``tests/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import torch_moo as tm
+from _models import build
+from _timing import interleave, ratio_row
+
+try:
+    from _mgda_peers import peer_steps
+except ImportError:  # the peers' adapters are missing: torch_moo and Adam only
+    def peer_steps(net, x, y, k):  # type: ignore[misc]
+        return {}
+
+
+def own_steps(net, x, y, k: int) -> dict[str, Callable[[], None]]:
+    """Adam on the summed loss and torch_moo's two modes, each on its own copy of ``net``."""
+    labels = [y[:, i] for i in range(k)]
+
+    def losses_of(outputs):
+        return torch.stack([F.cross_entropy(out, label) for out, label in zip(outputs, labels)])
+
+    adam_net = copy.deepcopy(net)
+    adam = torch.optim.Adam(adam_net.parameters(), lr=1e-3)
+
+    def adam_step() -> None:
+        adam.zero_grad()
+        losses_of(adam_net(x)).sum().backward()
+        adam.step()
+
+    full_net, rep_net = copy.deepcopy(net), copy.deepcopy(net)
+    full = tm.MultiGradientDescent(full_net.parameters(), num_objectives=k, lr=1e-3)
+    rep = tm.MultiGradientDescent(rep_net.parameters(), num_objectives=k, lr=1e-3)
+
+    def full_step() -> None:
+        full.zero_grad()
+        full.backward(losses_of(full_net(x)))
+        full.step()
+
+    def rep_step() -> None:
+        rep.zero_grad()
+        z = rep_net.trunk(x)
+        rep.backward(losses_of([head(z) for head in rep_net.heads]), features=z)
+        rep.step()
+
+    return {"Adam (sum)": adam_step, "torch_moo MGDA": full_step, "torch_moo MGDA-UB": rep_step}
+
+
+def all_steps(model: str, k: int, seed: int) -> dict[str, Callable[[], None]]:
+    net, x, y = build(model, k, seed)
+    return {**own_steps(net, x, y, k), **peer_steps(net, x, y, k)}
+
+
+def part_time(args) -> None:
+    print(f"time: warm-up {args.warmup}, {args.rounds} alternating steps per method, batch 256, base Adam lr 1e-3")
+    print()
+    print("| model | k | method | Adam ms | method ms | ratio | 95% CI | min ratio |")
+    print("|---|---:|---|---:|---:|---:|---|---:|")
+    for model in args.models:
+        for k in args.ks:
+            steps = all_steps(model, k, args.seed)
+            times = interleave(steps, args.warmup, args.rounds)
+            for name in steps:
+                if name != "Adam (sum)":
+                    row = ratio_row(times["Adam (sum)"], times[name], args.bootstrap, args.seed)
+                    print(f"| {model} | {k} | {name} | {row} |", flush=True)
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def memory_child(method: str, model: str, k: int, seed: int) -> None:
+    """Print the peak RSS growth (MB) of three steps of ``method``, in this fresh process."""
+    net, x, y = build(model, k, seed)
+    with torch.no_grad():
+        net(x)
+    steps = all_steps(model, k, seed)
+    if method not in steps:
+        print("nan")
+        return
+    before = peak_mb()
+    for _ in range(3):
+        steps[method]()
+    print(f"{peak_mb() - before:.1f}")
+
+
+def part_memory(args) -> None:
+    print("memory: peak RSS growth over three steps, each method in a fresh process (MB)")
+    print()
+    print("| model | k | method | growth MB | minus Adam's MB |")
+    print("|---|---:|---|---:|---:|")
+    for model in args.models:
+        for k in args.ks:
+            names = list(all_steps(model, k, args.seed))
+            growth = {}
+            for name in names:
+                command = [sys.executable, __file__, "--memory-child", name, model, str(k), str(args.seed)]
+                growth[name] = float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
+            for name in names:
+                print(f"| {model} | {k} | {name} | {growth[name]:.1f} | {growth[name] - growth['Adam (sum)']:.1f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", default="all", choices=["time", "memory", "all"])
+    parser.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
+    parser.add_argument("--ks", default="2,4,8,16", help="comma-separated numbers of objectives/heads")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method")
+    parser.add_argument("--rounds", type=int, default=30, help="timed steps per method")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws (0: skip)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="few repetitions, for a smoke check")
+    parser.add_argument("--memory-child", nargs=4, metavar=("METHOD", "MODEL", "K", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        method, model, k, seed = args.memory_child
+        memory_child(method, model, int(k), int(seed))
+        return
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    if args.quick:
+        args.warmup, args.rounds, args.bootstrap, args.ks = 1, 3, 100, args.ks[:2]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print()
+    if args.part in ("time", "all"):
+        part_time(args)
+        print()
+    if args.part in ("memory", "all"):
+        part_memory(args)
+
+
+if __name__ == "__main__":
+    main()
