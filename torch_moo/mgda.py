@@ -171,7 +171,7 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         jacobian = _jacobian(rows, params, shared)
         jacobian, *own_grads = means_across_ranks([jacobian, *(rows[reach[j][0]][j] for j in own)])
         alpha = self._solve(jacobian @ jacobian.T, values)
-        _accumulate([params[j] for j in shared], (alpha.to(jacobian.dtype) @ jacobian).split(_sizes(params, shared)))
+        _accumulate([params[j] for j in shared], (alpha.to(jacobian.dtype) @ jacobian).split([params[j].numel() for j in shared]))
         _accumulate([params[j] for j in own], own_grads)
         return alpha
 
@@ -196,7 +196,7 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         self._pending_moments = (exp_avg, exp_avg_sq)
         t = self._moment_steps + 1
         directions = (exp_avg / (1 - beta1**t)) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + _MOMENT_EPS)
-        columns = list(zip(params, (directions[:, start : start + p.numel()] for start, p in zip(_starts(params), params))))
+        columns = list(zip(params, directions.split([p.numel() for p in params], dim=1)))
         shared = [piece for (p, piece), objectives in zip(columns, reach) if len(objectives) > 1]
         k = self.num_objectives
         alpha = self._solve(sum((piece @ piece.T for piece in shared), directions.new_zeros(k, k)), values)
@@ -285,19 +285,6 @@ def _gradients(root: Tensor | GradientEdge | None, inputs: Sequence[Tensor], see
     if root is None:
         return (None,) * len(inputs)
     return torch.autograd.grad(root, inputs, grad_outputs=seed, retain_graph=retain_graph, allow_unused=True)
-
-
-def _starts(tensors: Sequence[Tensor]) -> list[int]:
-    """The offset of each tensor in the concatenation of their flattened entries."""
-    starts, total = [], 0
-    for tensor in tensors:
-        starts.append(total)
-        total += tensor.numel()
-    return starts
-
-
-def _sizes(tensors: Sequence[Tensor], indices: Sequence[int]) -> list[int]:
-    return [tensors[j].numel() for j in indices]
 
 
 def _jacobian(rows: Sequence[Sequence[Tensor | None]], tensors: Sequence[Tensor], indices: Sequence[int]) -> Tensor:

@@ -93,34 +93,32 @@ def test_losses_not_built_by_stack_reach_every_parameter_so_heads_are_weighted_t
         torch.testing.assert_close(p.grad, alpha[0] * own)
 
 
-def test_one_objective_without_moments_is_the_base_optimizer_exactly():
+def train_beside(options: dict, reference_class, reference_options: dict, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-objective MGDA and a plain optimizer on the summed losses, from the same start: their parameters."""
     wrapped, plain = TwoHeads(), TwoHeads()
-    opt = MultiGradientDescent(wrapped.parameters(), num_objectives=1, lr=1e-2)
-    reference = torch.optim.Adam(plain.parameters(), lr=1e-2)
-    for step in range(5):
+    opt = MultiGradientDescent(wrapped.parameters(), num_objectives=1, lr=1e-2, **options)
+    reference = reference_class(plain.parameters(), lr=1e-2, **reference_options)
+    for step in range(steps):
         opt.zero_grad()
         reference.zero_grad()
         opt.backward(task_losses(wrapped, step).sum().reshape(1))
         task_losses(plain, step).sum().backward()
         opt.step()
         reference.step()
-    assert torch.equal(flat_parameters(wrapped), flat_parameters(plain))
+    return flat_parameters(wrapped), flat_parameters(plain)
+
+
+def test_one_objective_without_moments_is_the_base_optimizer_exactly():
+    wrapped, plain = train_beside({}, torch.optim.Adam, {}, steps=5)
+    assert torch.equal(wrapped, plain)
 
 
 def test_one_objective_with_moments_and_sgd_is_adam():
     # k = 1: alpha = 1 and the direction is Adam's m_hat / (sqrt(v_hat) + eps); SGD steps by lr times it.
-    wrapped, plain = TwoHeads(), TwoHeads()
-    opt = MultiGradientDescent(wrapped.parameters(), num_objectives=1, moments=(0.9, 0.99), base=torch.optim.SGD, lr=1e-2)
-    reference = torch.optim.Adam(plain.parameters(), lr=1e-2, betas=(0.9, 0.99))
-    for step in range(6):
-        opt.zero_grad()
-        reference.zero_grad()
-        opt.backward(task_losses(wrapped, step).sum().reshape(1))
-        task_losses(plain, step).sum().backward()
-        opt.step()
-        reference.step()
+    options = {"moments": (0.9, 0.99), "base": torch.optim.SGD}
+    wrapped, plain = train_beside(options, torch.optim.Adam, {"betas": (0.9, 0.99)}, steps=6)
     # Same formula, different association of the float32 operations: rounding-level agreement.
-    torch.testing.assert_close(flat_parameters(wrapped), flat_parameters(plain), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(wrapped, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_moments_hold_each_objectives_adam_estimates():
