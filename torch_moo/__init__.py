@@ -1,10 +1,11 @@
 """torch_moo: multi-objective, multi-task and sparse training as a drop-in for :mod:`torch.optim`."""
 
-from torch_moo import datasets, functional, objectives, pareto, sparsity
+from torch_moo import datasets, exploration, functional, objectives, pareto, sparsity
 from torch_moo.base import LossSpaceOptimizer, MultiObjectiveOptimizer
 from torch_moo.chebyshev import ChebyshevALM
 from torch_moo.mgda import MultiGradientDescent
 from torch_moo.minmax import MinMaxWeighting
+from torch_moo.tangent import ParetoTangentExplorer
 from torch_moo.sparsity import SparsityController
 
 __all__ = [
@@ -13,8 +14,10 @@ __all__ = [
     "MinMaxWeighting",
     "MultiGradientDescent",
     "MultiObjectiveOptimizer",
+    "ParetoTangentExplorer",
     "SparsityController",
     "datasets",
+    "exploration",
     "functional",
     "objectives",
     "pareto",

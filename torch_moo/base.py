@@ -123,6 +123,15 @@ class MultiObjectiveOptimizer(Optimizer):
                 losses = closure()
             if losses is not None:  # a closure returning None (Lightning's) has done the backward itself
                 self.backward(losses)
+        self._apply_pending()
+        return losses
+
+    def _apply_pending(self) -> None:
+        """The base step and the method's state update for the backward calls since the last step.
+
+        Separate from :meth:`step`, which :class:`torch.optim.Optimizer` wraps with its hooks,
+        so that a subclass's own ``step`` can take several such steps with hooks run once.
+        """
         if self._pending_sum is None:
             raise RuntimeError(
                 f"{type(self).__name__}.step() found no backward() since the last step() or zero_grad(): "
@@ -133,7 +142,6 @@ class MultiObjectiveOptimizer(Optimizer):
         # Loss values are detached and the method's state needs no grad: no graph is recorded.
         self._advance(self._pending_sum if self._pending_count == 1 else self._pending_sum / self._pending_count)
         self._pending_sum, self._pending_count = None, 0
-        return losses
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients (through the base optimizer) and the losses recorded by :meth:`backward`."""

@@ -8,7 +8,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from tests.helpers import TwoHeads, flat_parameters, task_losses
-from torch_moo import ChebyshevALM, MinMaxWeighting, MultiGradientDescent
+from torch_moo import ChebyshevALM, MinMaxWeighting, MultiGradientDescent, ParetoTangentExplorer
 
 # Every torch_moo optimizer with small settings under which its own state moves within a few
 # steps; the protocol tests below run for each. A one-objective variant is built from the same entry.
@@ -17,8 +17,11 @@ OPTIMIZERS = {
     "MinMaxWeighting": (MinMaxWeighting, dict(update_every=2)),
     # per-objective moments give it a method state that moves every step
     "MultiGradientDescent": (MultiGradientDescent, dict(moments=(0.9, 0.99))),
+    # backward(losses) then step() is its MGDA step; step(closure) explores (tests/unit/test_tangent.py)
+    "ParetoTangentExplorer": (ParetoTangentExplorer, dict(base=torch.optim.Adam)),
 }
 # Options a one-objective variant changes: with moments MGDA runs Adam's direction, not the base's.
+GRADIENT_SPACE = {"MultiGradientDescent", "ParetoTangentExplorer"}
 ONE_OBJECTIVE = {"ChebyshevALM": {"preference": [1.0]}, "MultiGradientDescent": {"moments": None}}
 
 
@@ -148,7 +151,7 @@ def test_one_objective_is_the_base_optimizer_exactly(base, kwargs, method):
 
 
 def test_backward_fills_grad_with_the_weighted_sum_and_accumulates(method):
-    if method == "MultiGradientDescent":
+    if method in GRADIENT_SPACE:
         pytest.skip("gradient-space: heads get their own gradient (tests/unit/test_mgda.py)")
     model = TwoHeads()
     opt = make(model, method)
@@ -207,6 +210,8 @@ def test_step_without_backward_raises_and_zero_grad_forgets_the_backward(method)
 
 
 def test_closure_step_equals_backward_then_step(method):
+    if method == "ParetoTangentExplorer":
+        pytest.skip("its closure step is an exploration step (tests/unit/test_tangent.py)")
     a, b = TwoHeads(), TwoHeads()
     opt_a, opt_b = make(a, method), make(b, method)
     for step in range(5):
@@ -260,7 +265,12 @@ def test_step_hooks_run_once_per_step(method):
     assert len(calls) == 4
 
 
-EVERY_STEP = {"ChebyshevALM": {"outer_every": 1}, "MinMaxWeighting": {"update_every": 1}, "MultiGradientDescent": {}}
+EVERY_STEP = {
+    "ChebyshevALM": {"outer_every": 1},
+    "MinMaxWeighting": {"update_every": 1},
+    "MultiGradientDescent": {},
+    "ParetoTangentExplorer": {},
+}
 
 
 def test_gradscaler_skipped_step_advances_no_state(method):
@@ -279,9 +289,11 @@ def test_gradscaler_skipped_step_advances_no_state(method):
     assert_same_state(before_method, method_state(opt))
     assert torch.equal(flat_parameters(model), before_params)
     assert [s["step"] for s in opt.state.values()] == before_steps
-    train(model, opt, 1)  # a later step does advance it: the comparison above is not vacuous
-    with pytest.raises(AssertionError):
-        assert_same_state(before_method, method_state(opt))
+    train(model, opt, 1)  # a later step does advance it: the comparisons above are not vacuous
+    assert not torch.equal(flat_parameters(model), before_params)
+    if method != "ParetoTangentExplorer":  # its MGDA steps keep no state of their own
+        with pytest.raises(AssertionError):
+            assert_same_state(before_method, method_state(opt))
 
 
 def test_gradscaler_step_equals_an_unscaled_step(method):
@@ -308,6 +320,7 @@ RESUME_CASES = [
     ("MinMaxWeighting", {"ascent": "mirror", "update_every": 3}),
     ("MultiGradientDescent", {}),
     ("MultiGradientDescent", {"moments": None, "normalization": "loss+", "base": torch.optim.Adam}),
+    ("ParetoTangentExplorer", {}),
 ]
 
 
@@ -412,7 +425,7 @@ def test_deepcopy_keeps_the_base_and_the_method_state(method):
 
 
 def test_loss_space_methods_ignore_features(method):
-    if method == "MultiGradientDescent":
+    if method in GRADIENT_SPACE:
         pytest.skip("gradient-space: features select the representation mode (tests/unit/test_mgda.py)")
     a, b = TwoHeads(), TwoHeads()
     opt_a, opt_b = make(a, method), make(b, method)

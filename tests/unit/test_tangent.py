@@ -1,0 +1,232 @@
+"""ParetoTangentExplorer and the exploration helpers on problems whose Pareto sets are known."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from torch_moo import MultiGradientDescent, ParetoTangentExplorer
+from torch_moo.exploration import explore, interpolate_states, local_pareto_set
+from torch_moo.functional import min_norm_weights
+from torch_moo.pareto import non_dominated
+
+F64 = torch.float64
+RADIUS = math.sqrt(math.pi)
+
+
+def cylinder_problem(x):
+    """Ma, Du & Matusik (ICML 2020), n = 3, m = 2: the Pareto set is the cylinder x1^2 + x2^2 = pi
+    and the front f2 = 1 - f1^2 (there u1 = u2 = 0, so g = 1)."""
+    r2 = x[1] ** 2 + x[2] ** 2
+    u0 = torch.sin(x[0] + r2) / 2 + 0.5
+    u1 = torch.cos(r2) / 2 + 0.5
+    g = 1 + 9 / 2 * (u1 + u1)
+    return torch.stack([u0, g * (1 - (u0 / g) ** 2)])
+
+
+def on_cylinder(s, angle):
+    """A Pareto-optimal point with f1 = sin(s)/2 + 1/2 (s in (-pi/2, pi/2) keeps it on the front)."""
+    return torch.tensor([s - math.pi, RADIUS * math.cos(angle), RADIUS * math.sin(angle)], dtype=F64, requires_grad=True)
+
+
+def front_error(x):
+    f = cylinder_problem(x.detach())
+    return abs((f[1] - (1 - f[0] ** 2)).item())
+
+
+@pytest.mark.parametrize("s, angle", [(0.3, 0.4), (-0.5, 2.0), (0.9, -1.2)])
+def test_tangent_is_tangent_to_the_pareto_set_and_matches_a_direct_solve(s, angle):
+    x = on_cylinder(s, angle)
+    opt = ParetoTangentExplorer([x], num_objectives=2, beta=[1.0, 0.0], damping=1e-4, max_iter=10, tol=1e-12)
+    start = x.detach().clone()
+    opt.step(lambda: cylinder_problem(x))
+    # The direct solve of (sum_i alpha_i Hess f_i + damping I) v = J^T beta, with the full Hessian.
+    jacobian = torch.autograd.functional.jacobian(cylinder_problem, start)
+    alpha, _ = min_norm_weights(jacobian @ jacobian.T)
+    hessian = torch.autograd.functional.hessian(lambda y: alpha @ cylinder_problem(y), start)
+    direct = torch.linalg.solve(hessian + 1e-4 * torch.eye(3, dtype=F64), jacobian.T @ torch.tensor([1.0, 0.0], dtype=F64))
+    # Three unknowns: MINRES is exact after three Hessian-vector products up to rounding of the
+    # float64 Lanczos recurrence (about 1e-14 relative); 1e-9 leaves room for the conditioning.
+    torch.testing.assert_close(opt.tangent_solve.solution, direct, rtol=1e-9, atol=1e-12)
+    # A Pareto-stationary start: sum alpha_i grad f_i = 0 up to the rounding of pi in the point
+    # (gradients of norm ~10, so ||d||^2 ~ 1e-16).
+    assert opt.stationarity.item() < 1e-12
+    move = x.detach() - start
+    radial = torch.tensor([0.0, math.cos(angle), math.sin(angle)], dtype=F64)
+    # The set's normal at the point is radial. The damping tilts the move off the set by an angle
+    # proportional to it: about 1e-3 at damping 1e-2 (measured), so about 1e-5 here.
+    assert abs(move @ radial) / move.norm() < 1e-4
+    assert math.isclose(move.norm().item(), 0.1, rel_tol=1e-12)
+    assert cylinder_problem(x.detach())[0] < cylinder_problem(start)[0]  # beta = e_1 improves f_1
+
+
+@pytest.mark.parametrize("beta, improved", [([1.0, 0.0], 0), ([0.0, 1.0], 1)])
+def test_exploration_walks_along_the_front(beta, improved):
+    x = on_cylinder(0.2, 0.7)
+    opt = ParetoTangentExplorer([x], num_objectives=2, beta=beta, step_size=0.05, damping=1e-3, max_iter=10)
+    values = [cylinder_problem(x.detach())]
+    for _ in range(10):
+        opt.step(lambda: cylinder_problem(x))
+        values.append(cylinder_problem(x.detach()))
+        # Moving along tangents leaves the set at second order: r^2 drifts by about 2e-5 per step
+        # of 0.05, and the front's g - 1 = 9 (1 + cos r^2) / 2 grows as the square of that drift.
+        assert front_error(x) < 1e-6
+    values = torch.stack(values)
+    assert (values[1:, improved] < values[:-1, improved]).all()  # the chosen objective improves every step
+    assert (values[1:, 1 - improved] > values[:-1, 1 - improved]).all()  # at the other's expense
+    assert non_dominated(values).all()  # every explored point is on the front
+
+
+def test_correction_steps_pull_the_iterate_back_to_the_pareto_set():
+    # Long steps with strong damping leave the cylinder (r^2 - pi = 0.038 after 5 steps); MGDA
+    # steps pull back, slowly, since the min-norm direction shrinks near the set.
+    drift, stationarity = {}, {}
+    for corrections in (0, 5):
+        x = on_cylinder(0.0, 0.3)
+        opt = ParetoTangentExplorer([x], num_objectives=2, step_size=0.2, damping=0.1, corrections=corrections, lr=2e-2)
+        for _ in range(5):
+            opt.step(lambda: cylinder_problem(x))
+        drift[corrections], stationarity[corrections] = abs((x[1] ** 2 + x[2] ** 2).item() - math.pi), opt.stationarity
+    assert drift[5] < 0.6 * drift[0] and stationarity[5] < stationarity[0]
+
+
+def test_convex_quadratics_move_exactly_along_the_segment():
+    # f_i = ||x - p_i||^2: H = 2 I, so v is parallel to J^T beta and stays on the segment p1-p2.
+    p1, p2 = torch.tensor([0.0, 0.0, 0.0], dtype=F64), torch.tensor([2.0, 1.0, -1.0], dtype=F64)
+    x = (0.5 * (p1 + p2)).requires_grad_()
+    opt = ParetoTangentExplorer([x], num_objectives=2, beta=[0.0, 1.0], step_size=0.1, damping=0.0)
+    for _ in range(3):
+        opt.step(lambda: torch.stack([(x - p1).square().sum(), (x - p2).square().sum()]))
+    unit = (p2 - p1) / (p2 - p1).norm()
+    torch.testing.assert_close(x.detach(), 0.5 * (p1 + p2) + 0.3 * unit, rtol=0, atol=1e-12)
+
+
+def test_linear_objectives_use_the_damping_alone():
+    # H = 0: v = J^T beta / damping, so the move is along -grad(beta^T f).
+    x = torch.zeros(2, requires_grad=True)
+    a = torch.tensor([[1.0, 2.0], [-1.0, 0.5]])
+    opt = ParetoTangentExplorer([x], num_objectives=2, beta=[0.3, 0.7], step_size=0.5)
+    opt.step(lambda: a @ x)
+    gradient = torch.tensor([0.3, 0.7]) @ a
+    torch.testing.assert_close(x.detach(), -0.5 * gradient / gradient.norm())
+
+
+def test_step_after_backward_is_an_mgda_step():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    twin = copy.deepcopy(model)
+    x = torch.randn(16, 3)
+    explorer = ParetoTangentExplorer(model.parameters(), num_objectives=2, lr=0.1)
+    mgda = MultiGradientDescent(twin.parameters(), num_objectives=2, base=torch.optim.SGD, lr=0.1)
+    for opt, net in ((explorer, model), (mgda, twin)):
+        for _ in range(3):
+            opt.zero_grad()
+            opt.backward(net(x).square().mean(0))
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_step_hooks_run_once_per_exploration_step_with_corrections():
+    x = on_cylinder(0.1, 0.0)
+    opt = ParetoTangentExplorer([x], num_objectives=2, corrections=2, lr=1e-3)
+    calls = []
+    opt.register_step_post_hook(lambda *_: calls.append(1))
+    evaluations = []
+
+    def closure():
+        evaluations.append(1)
+        return cylinder_problem(x)
+
+    returned = opt.step(closure)
+    assert len(calls) == 1 and len(evaluations) == 3  # the tangent, then one per correction
+    assert returned.shape == (2,) and not returned.requires_grad
+
+
+def test_state_dict_round_trip_and_configuration_check():
+    x = on_cylinder(0.1, 0.0)
+    opt = ParetoTangentExplorer([x], num_objectives=2, damping=0.05)
+    opt.step(lambda: cylinder_problem(x))
+    saved = opt.state_dict()
+    fresh = ParetoTangentExplorer([on_cylinder(0.1, 0.0)], num_objectives=2, damping=0.05)
+    fresh.load_state_dict(saved)
+    other = ParetoTangentExplorer([on_cylinder(0.1, 0.0)], num_objectives=2, damping=0.2)
+    with pytest.raises(ValueError, match="damping=0.05"):
+        other.load_state_dict(saved)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(beta=[0.0, 0.0]), ValueError, "beta must have a non-zero entry"),
+        (dict(beta=[1.0]), ValueError, r"beta must have 2 entries"),
+        (dict(step_size=0.0), ValueError, "step_size must be > 0"),
+        (dict(damping=-1.0), ValueError, "damping must be >= 0"),
+        (dict(max_iter=0), ValueError, "max_iter must be >= 1"),
+        (dict(corrections=-1), ValueError, "corrections must be >= 0"),
+        (dict(tol=0.0), ValueError, "tol must be > 0"),
+    ],
+)
+def test_bad_configuration(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        ParetoTangentExplorer([torch.zeros(2, requires_grad=True)], num_objectives=2, **kwargs)
+
+
+def test_closure_errors():
+    x = torch.zeros(2, requires_grad=True)
+    opt = ParetoTangentExplorer([x], num_objectives=2)
+    with pytest.raises(ValueError, match="do not require grad"):
+        opt.step(lambda: torch.stack([x.sum(), x.prod()]).detach())
+    with pytest.raises(ValueError, match="2"):
+        opt.step(lambda: torch.stack([x.sum(), x.sum(), x.sum()]))
+    with pytest.raises(RuntimeError, match="found no backward"):
+        opt.step()
+
+
+def quadratic_losses(model):
+    w = model.weight.reshape(-1)
+    return torch.stack([w.square().sum(), (w - 1).square().sum()])
+
+
+def test_explore_returns_every_start_and_point_and_leaves_the_starts_alone():
+    starts = []
+    for value in (0.3, 0.6):
+        model = torch.nn.Linear(2, 1, bias=False).double()
+        with torch.no_grad():
+            model.weight.fill_(value)
+        starts.append(model)
+    before = [m.weight.detach().clone() for m in starts]
+    points = explore(starts, quadratic_losses, steps=3, step_size=0.05, damping=0.0)
+    assert len(points) == 2 * (1 + 2 * 3)
+    assert [(p.start, p.direction, p.step) for p in points[:4]] == [(0, -1, 0), (0, 0, 1), (0, 0, 2), (0, 0, 3)]
+    for model, weight in zip(starts, before):
+        assert torch.equal(model.weight, weight)
+    values = torch.stack([p.values for p in points])
+    assert non_dominated(values).all()  # the whole Pareto set [0, 1]^... segment: nothing dominated
+    # Direction e_1 lowers f_1 by steps of 0.05 along the diagonal (the points stay on it).
+    first = [p.state["weight"] for p in points if p.start == 0 and p.direction == 0]
+    torch.testing.assert_close(first[-1], torch.full((1, 2), 0.3 - 3 * 0.05 / math.sqrt(2), dtype=F64))
+
+
+def test_local_pareto_set_interpolates_a_point_and_its_neighbours():
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    points = explore(model, quadratic_losses, steps=1, step_size=0.1, damping=0.0)
+    center, neighbours = points[0].state, [p.state for p in points[1:]]
+    weights, values, states = local_pareto_set(model, quadratic_losses, center, neighbours, divisions=4)
+    assert weights.shape == (15, 3) and values.shape == (15, 2) and len(states) == 15
+    assert non_dominated(values).all()  # convex combinations of points on a segment stay on it
+    torch.testing.assert_close(states[0]["weight"], neighbours[1]["weight"])  # lattice row (0, 0, 1)
+
+
+def test_interpolate_states_keeps_integer_buffers_and_checks_input():
+    a = {"w": torch.tensor([1.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0]), "n": torch.tensor(7)}
+    combined = interpolate_states([a, b], [0.5, 0.5])
+    assert combined["w"].item() == 2.0 and combined["n"].item() == 3
+    with pytest.raises(ValueError, match="one entry per state"):
+        interpolate_states([a, b], [1.0])
+    with pytest.raises(ValueError, match="same keys"):
+        interpolate_states([a, {"w": torch.tensor([1.0])}], [0.5, 0.5])

@@ -1,0 +1,198 @@
+"""ParetoTangentExplorer: walk along the Pareto set from a Pareto-stationary point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from torch_moo._validation import check_count, check_losses, check_real, check_vector
+from torch_moo.base import Losses
+from torch_moo.distributed import mean_across_ranks
+from torch_moo.functional.curvature import hessian_vector_product
+from torch_moo.functional.krylov import MinresResult, minres
+from torch_moo.mgda import MultiGradientDescent, _objective_roots
+
+__all__ = ["ParetoTangentExplorer"]
+
+
+class ParetoTangentExplorer(MultiGradientDescent):
+    r"""Continuous Pareto exploration: steps along the Pareto set, each one a matrix-free Krylov solve.
+
+    Ma, Du & Matusik, *Efficient Continuous Pareto Exploration in Multi-Task Learning* (ICML
+    2020). At a Pareto-stationary point :math:`x^\star` (:math:`\sum_i \alpha_i \nabla f_i = 0`
+    with :math:`\alpha` the MGDA weights), the tangent directions of the Pareto set solve
+
+    .. math::
+
+        \Big(\sum_i \alpha_i \nabla^2 f_i(x^\star) + \delta I\Big)\, v = J^\top \beta ,
+        \qquad x \leftarrow x - s\, \frac{v}{\|v\|},
+
+    where :math:`J` holds the objectives' gradients as rows, :math:`\beta` says which
+    objectives to trade toward (:math:`\beta = e_i` improves :math:`f_i` first, at the others'
+    expense), :math:`\delta` is the damping and :math:`s` the step size. The move lowers
+    :math:`\beta^\top f` to first order (its rate is :math:`-\beta^\top J v / \|v\| =
+    -v^\top (H + \delta I) v / \|v\|`): where the damped Hessian is indefinite and that rate
+    comes out positive, the step goes along :math:`+v / \|v\|` instead.
+    :meth:`step` takes a closure that re-evaluates the loss vector; it computes :math:`J` and
+    :math:`\alpha` there, solves the system by MINRES
+    (:func:`~torch_moo.functional.minres`, on the parameters' device) with one
+    Hessian-vector product (:func:`~torch_moo.functional.hessian_vector_product`, a double
+    backward of :math:`\sum_i \alpha_i f_i`) per iteration, moves by :math:`s` along
+    :math:`-v / \|v\|`, and then takes ``corrections`` MGDA steps with the base optimizer, each
+    re-evaluating the closure, to return to the front. Memory: the gradients are kept with
+    their graph for the Hessian-vector products, about :math:`k` times a backward pass.
+
+    It is a :class:`~torch_moo.MultiGradientDescent` as well (full mode, no normalisation):
+    ``opt.backward(losses)`` then ``opt.step()`` is an MGDA step with the base optimizer, the
+    way to reach a Pareto-stationary point first; ``opt.step(closure)`` is an exploration step.
+    :attr:`stationarity` tells how stationary the start of the last step was, and
+    :attr:`tangent_solve` how well the last system was solved.
+
+    Under :mod:`torch.distributed` the Jacobian and every Hessian-vector product are averaged
+    across ranks (one all-reduce per MINRES iteration), so every rank takes the same step.
+    As for :class:`~torch_moo.MultiGradientDescent`'s full mode, evaluate the closure under
+    ``model.no_sync()`` or on the unwrapped module.
+
+    Args:
+        params: parameters or parameter groups.
+        num_objectives: number of objectives :math:`k`.
+        beta: :math:`\beta`, one entry per objective, not all zero; ``None`` is :math:`e_1`.
+            Settable between steps (:attr:`beta`).
+        step_size: :math:`s`, the length of each tangent move, > 0.
+        damping: :math:`\delta \ge 0`; it keeps the system well posed where the Hessian is
+            singular (flat directions of a Pareto set), at some cost in tangency.
+        max_iter, tol: MINRES's iteration cap (Hessian-vector products per step) and relative
+            residual tolerance.
+        corrections: MGDA steps with the base optimizer after each tangent move.
+        check_finite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`;
+            ``base`` defaults to :class:`torch.optim.SGD`, which the correction steps use.
+
+    Example:
+        >>> x = torch.tensor([0.5, -0.5], requires_grad=True)
+        >>> def losses():  # f_i = ||x - p_i||^2; the Pareto set is the segment from p_1 to p_2
+        ...     return torch.stack([(x - torch.tensor([0.0, 0.0])).square().sum(), (x - torch.tensor([1.0, -1.0])).square().sum()])
+        >>> opt = ParetoTangentExplorer([x], num_objectives=2, beta=[1.0, 0.0], step_size=0.1, damping=0.0)
+        >>> _ = opt.step(losses)  # from the middle of the segment toward p_1
+        >>> x.detach()
+        tensor([ 0.4293, -0.4293])
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        *,
+        num_objectives: int,
+        beta: Sequence[float] | Tensor | None = None,
+        step_size: float = 0.1,
+        damping: float = 0.1,
+        max_iter: int = 50,
+        tol: float = 1e-5,
+        corrections: int = 0,
+        check_finite: bool = True,
+        base: type[Optimizer] = torch.optim.SGD,
+        **base_kwargs: Any,
+    ) -> None:
+        self.step_size = check_real("step_size", step_size, minimum=0.0, strict=True)
+        self.damping = check_real("damping", damping, minimum=0.0)
+        self.max_iter = check_count("max_iter", max_iter)
+        self.tol = check_real("tol", tol, minimum=0.0, strict=True)
+        self.corrections = check_count("corrections", corrections, minimum=0)
+        if base is torch.optim.SGD and "lr" not in base_kwargs:
+            base_kwargs["lr"] = 1e-2
+        super().__init__(params, num_objectives=num_objectives, check_finite=check_finite, base=base, **base_kwargs)
+        self.beta = torch.eye(num_objectives)[0] if beta is None else beta
+        self._tangent_solve: MinresResult | None = None
+
+    @property
+    def beta(self) -> Tensor:
+        r""":math:`\beta`, the trade-off direction of the next exploration steps (float32, on the device)."""
+        return self._beta.clone()
+
+    @beta.setter
+    def beta(self, value: Sequence[float] | Tensor) -> None:
+        beta = check_vector("beta", value, self.num_objectives)
+        if not bool((beta != 0).any()):
+            raise ValueError("beta must have a non-zero entry: it chooses which objectives to trade toward")
+        self._beta = beta.to(self._device, torch.float32)
+
+    @property
+    def tangent_solve(self) -> MinresResult | None:
+        """MINRES's ``(solution, residual_norm, iterations)`` at the last exploration step (``None`` before one)."""
+        return self._tangent_solve
+
+    def step(self, closure: Callable[[], Losses] | None = None) -> Losses | None:  # type: ignore[override]
+        """With a closure, one exploration step; without, the MGDA step of the last :meth:`backward`.
+
+        Args:
+            closure: re-evaluates the model and returns the loss vector, with its graph (no
+                backward: the step takes the gradients it needs). Called once for the tangent
+                and once per correction step. A closure that returns ``None`` (Lightning's,
+                after its own :meth:`backward`) makes this the MGDA step.
+
+        Returns:
+            The closure's losses at the start of the step (detached), or ``None``.
+        """
+        with torch.enable_grad():
+            losses = None if closure is None else closure()
+        if losses is None:  # no closure, or one that did its own backward (Lightning's)
+            self._apply_pending()
+            return None
+        losses = check_losses(losses, self.num_objectives, check_finite=self.check_finite)
+        params = self._params()
+        direction = self._tangent(losses, params)
+        with torch.no_grad():
+            for p, piece in zip(params, direction.split([p.numel() for p in params])):
+                p.add_(piece.view_as(p).to(p.dtype), alpha=-self.step_size)
+        for _ in range(self.corrections):
+            self.zero_grad()
+            with torch.enable_grad():
+                self.backward(closure())
+            self._apply_pending()
+        return losses.detach()
+
+    def _tangent(self, losses: Tensor, params: list[Tensor]) -> Tensor:
+        """The unit tangent direction :math:`v / \\|v\\|`, flattened over ``params`` (zeros if :math:`v = 0`)."""
+        if not losses.requires_grad:
+            raise ValueError("the closure's losses do not require grad: return them before .detach() or .item()")
+        rows = [
+            tuple(torch.zeros_like(p) for p in params)
+            if root is None
+            else torch.autograd.grad(root, params, create_graph=True, allow_unused=True, materialize_grads=True)
+            for root in _objective_roots(losses)
+        ]
+        jacobian = mean_across_ranks(torch.stack([torch.cat([g.detach().reshape(-1) for g in row]) for row in rows]))
+        alpha = self._solve(jacobian @ jacobian.T, mean_across_ranks(losses.detach().to(self._device, torch.float32)))
+        weights = alpha.to(jacobian.dtype)
+        weighted = [sum(w * row[j] for w, row in zip(weights, rows)) for j in range(len(params))]
+        sizes = [p.numel() for p in params]
+
+        linear = not any(g.requires_grad for g in weighted)  # the gradients are constants: H = 0
+
+        def hessian_times(vector: Tensor) -> Tensor:
+            if linear:
+                return torch.zeros_like(vector)
+            pieces = [piece.view_as(p) for piece, p in zip(vector.split(sizes), params)]
+            product = hessian_vector_product(weighted, params, pieces)
+            return mean_across_ranks(torch.cat([h.reshape(-1) for h in product]))
+
+        rhs = self._beta.to(jacobian.dtype) @ jacobian
+        self._tangent_solve = minres(hessian_times, rhs, shift=self.damping, tol=self.tol, max_iter=self.max_iter)
+        v = self._tangent_solve.solution
+        # -v lowers beta^T f to first order where H is positive definite; elsewhere flip it so it does.
+        sign = torch.where(rhs @ v < 0, -1.0, 1.0)
+        norm = torch.linalg.vector_norm(v)
+        return v * (sign / torch.where(norm > 0, norm, 1.0))
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            **super()._config(),
+            "step_size": self.step_size,
+            "damping": self.damping,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "corrections": self.corrections,
+        }
