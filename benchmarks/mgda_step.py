@@ -16,10 +16,18 @@ batch 256, for k in ``--ks``:
 **memory**: each (method, model, k) in a fresh process: the peak resident set size
 (``ru_maxrss``) after building the model and batch and running one forward pass, and after
 three steps; reported as the growth, and that growth minus Adam's.
+**accuracy** (of the min-norm solve alone): ``--problems`` random problems per k and kind, k
+gradients of size 512 in float64: Gaussian rows; rank-deficient (rows in a 3-dimensional
+subspace, so the Gram matrix is singular); near-duplicates (pairs 1e-6 apart, relative). Each
+solver's objective :math:`\alpha^\top G \alpha` against quadprog's exact QP on :math:`G`
+scaled to a largest diagonal entry of 1 plus a ridge of 1e-12 (without the scaling it fails):
+the excess relative to the optimum's value and to :math:`\max_i G_{ii}`, and the median solve
+time. The peers take the gradients as they do in training (LibMTL casts to float32).
 
 Usage::
 
-    python benchmarks/mgda_step.py                      # both parts, about 15 min on 2 cores
+    python benchmarks/mgda_step.py                      # time and memory, about 15 min on 2 cores
+    python benchmarks/mgda_step.py --part accuracy      # the solvers alone, about a minute
     python benchmarks/mgda_step.py --part time --models mlp --ks 8
     python benchmarks/mgda_step.py --quick              # smoke check
 
@@ -43,8 +51,10 @@ from _models import build
 from _timing import interleave, ratio_row
 
 try:
-    from _mgda_peers import peer_steps
+    from _mgda_peers import WEIGHT_PEERS, peer_steps, peer_weights
 except ImportError:  # the peers' adapters are missing: torch_moo and Adam only
+    WEIGHT_PEERS = ()
+
     def peer_steps(net, x, y, k):  # type: ignore[misc]
         return {}
 
@@ -137,9 +147,74 @@ def part_memory(args) -> None:
                 print(f"| {model} | {k} | {name} | {growth[name]:.1f} | {growth[name] - growth['Adam (sum)']:.1f} |", flush=True)
 
 
+def accuracy_problem(kind: str, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k float64 gradients of size 512 as rows: Gaussian, in a 3-dimensional subspace, or in 1e-6-close pairs."""
+    if kind == "gaussian":
+        return torch.randn(k, 512, dtype=torch.float64, generator=generator)
+    if kind == "rank 3":
+        return torch.randn(k, 3, dtype=torch.float64, generator=generator) @ torch.randn(3, 512, dtype=torch.float64, generator=generator)
+    rows = torch.randn((k + 1) // 2, 512, dtype=torch.float64, generator=generator).repeat_interleave(2, dim=0)[:k]
+    return rows + 1e-6 * rows.norm(dim=1, keepdim=True) / 512**0.5 * torch.randn(k, 512, dtype=torch.float64, generator=generator)
+
+
+def exact_objective(gram: torch.Tensor) -> float:
+    """min over the simplex of a^T G a by quadprog on G / max diag + 1e-12 I, in units of max diag."""
+    import numpy as np
+    import quadprog
+
+    k = len(gram)
+    scaled = (gram / gram.diagonal().max()).numpy() + 1e-12 * np.eye(k)
+    constraints = np.hstack([np.ones((k, 1)), np.eye(k)])  # sum a = 1 (equality), a >= 0
+    weights = quadprog.solve_qp(scaled, np.zeros(k), constraints, np.r_[1.0, np.zeros(k)], meq=1)[0]
+    return float(weights @ (gram / gram.diagonal().max()).numpy() @ weights)
+
+
+def solvers() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    own = {"torch_moo (float64 Gram)": lambda grads: tm.functional.min_norm_weights(grads @ grads.T)[0]}
+    own["torch_moo (float32 Gram)"] = lambda grads: tm.functional.min_norm_weights((grads.float() @ grads.float().T))[0].double()
+    return {**own, **{name: (lambda grads, name=name: peer_weights(name, grads)) for name in WEIGHT_PEERS}}
+
+
+def part_accuracy(args) -> None:
+    import statistics
+    import time
+
+    print(f"accuracy: {args.problems} problems per k and kind; objective excess over quadprog's exact optimum")
+    print()
+    print("| kind | k | solver | median excess / optimum | worst excess / optimum | worst excess / max G_ii | failures | median solve ms |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for kind in ("gaussian", "rank 3", "near pairs"):
+        for k in args.ks:
+            generator = torch.Generator().manual_seed(args.seed)
+            problems = [accuracy_problem(kind, k, generator) for _ in range(args.problems)]
+            optima = [exact_objective(grads @ grads.T) for grads in problems]
+            for name, solve in solvers().items():
+                relative, absolute, times, failures = [], [], [], 0
+                for grads, optimum in zip(problems, optima):
+                    gram = grads @ grads.T / (grads @ grads.T).diagonal().max()
+                    try:
+                        start = time.perf_counter()
+                        weights = solve(grads)
+                        times.append(time.perf_counter() - start)
+                    except Exception:  # LibMTL: None at its iteration cap, UnboundLocalError above 1e8
+                        failures += 1
+                        continue
+                    excess = max(float(weights @ gram @ weights) - optimum, 0.0)
+                    relative.append(excess / optimum if optimum > 0 else float("nan"))
+                    absolute.append(excess)
+                if not absolute:
+                    print(f"| {kind} | {k} | {name} | - | - | - | {failures} | - |", flush=True)
+                    continue
+                print(
+                    f"| {kind} | {k} | {name} | {statistics.median(relative):.1e} | {max(relative):.1e} | "
+                    f"{max(absolute):.1e} | {failures} | {1e3 * statistics.median(times):.3f} |",
+                    flush=True,
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", default="all", choices=["time", "memory", "all"])
+    parser.add_argument("--part", default="all", choices=["time", "memory", "accuracy", "all"])
     parser.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
     parser.add_argument("--ks", default="2,4,8,16", help="comma-separated numbers of objectives/heads")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -147,6 +222,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="timed steps per method")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--problems", type=int, default=50, help="random problems per k and kind (accuracy)")
     parser.add_argument("--quick", action="store_true", help="few repetitions, for a smoke check")
     parser.add_argument("--memory-child", nargs=4, metavar=("METHOD", "MODEL", "K", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -166,6 +242,9 @@ def main() -> None:
         print()
     if args.part in ("memory", "all"):
         part_memory(args)
+        print()
+    if args.part in ("accuracy", "all"):
+        part_accuracy(args)
 
 
 if __name__ == "__main__":
