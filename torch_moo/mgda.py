@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.graph import GradientEdge
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.optim import Optimizer
 
 from torch_moo._validation import all_finite, check_choice, check_real
@@ -49,11 +50,14 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
       shared and gets :math:`d`; one that a single objective reaches (a task head) gets that
       objective's own gradient, as in MGDA; one that none reaches keeps its ``.grad``.
     * ``opt.backward(losses, features=z)``: MGDA-UB, the cheap mode. :math:`g_i` is the
-      gradient with respect to the shared representation ``z`` (one backward through the
-      heads per objective), then one backward pass of :math:`\sum_i L_i` whose gradient at
-      ``z`` is replaced by :math:`\sum_i \alpha_i \partial L_i / \partial z` (a tensor hook):
-      the trunk receives the MGDA combination and each head its own gradient. Sener & Koltun
-      show that :math:`\alpha` then minimises an upper bound of the shared-parameter problem.
+      gradient with respect to the shared representation ``z``, and one backward pass of
+      :math:`\sum_i L_i` runs with its gradient at ``z`` replaced by
+      :math:`\sum_i \alpha_i \partial L_i / \partial z` (a tensor hook): the trunk receives
+      the MGDA combination and each head its own gradient. Sener & Koltun show that
+      :math:`\alpha` then minimises an upper bound of the shared-parameter problem. With
+      separate heads the :math:`g_i` are recorded during that same pass, by hooks on the
+      nodes that read ``z``; with a node after ``z`` that serves several objectives, or
+      several feature tensors, one backward through the heads per objective comes first.
       Every objective must depend on ``z``.
 
     ``moments=(beta1, beta2)`` keeps Adam's moment estimates for every objective separately
@@ -216,23 +220,58 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         features = [features] if isinstance(features, Tensor) else list(features)
         if not features or not all(isinstance(f, Tensor) and f.requires_grad for f in features):
             raise ValueError("features must be a tensor (or a sequence of tensors) that requires grad: the shared representation")
-        rows = [_gradients(root, features, seed, True) for root in _objective_roots(losses)]
-        for i, row in enumerate(rows):
-            if all(g is None for g in row):
-                raise ValueError(
-                    f"objective {i} does not depend on the features; the representation mode needs every "
-                    "objective to pass through them (call backward(losses) without features instead)"
-                )
+        roots = _objective_roots(losses)
+        consumers = _feature_consumers(roots, features[0]) if len(features) == 1 else None
+        if consumers is None:
+            rows = [_gradients(root, features, seed, True) for root in roots]
+            _check_reached([any(g is not None for g in row) for row in rows])
+            return self._backward_with_features(losses, seed, values, features, retain_graph, rows)
+        _check_reached([bool(nodes) for nodes in consumers])
+        return self._backward_capturing_features(losses, seed, values, features[0], retain_graph, consumers)
+
+    def _features_gradient(self, rows: Sequence[Sequence[Tensor | None]], features: Sequence[Tensor], values: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """MGDA-UB's weights from the objectives' feature gradients ``rows``, and the combined gradient per feature tensor."""
         jacobian = _jacobian(rows, features, range(len(features)))
         alpha = self._solve(mean_across_ranks(jacobian @ jacobian.T), values)
         pieces = (alpha.to(jacobian.dtype) @ jacobian).split([f.numel() for f in features])
-        handles = [f.register_hook(lambda _, piece=piece.view_as(f): piece) for f, piece in zip(features, pieces)]
+        return alpha, [piece.view_as(f) for piece, f in zip(pieces, features)]
+
+    def _backward_with_features(self, losses, seed, values, features, retain_graph, rows) -> Tensor:
+        """One backward pass of the summed losses whose gradient at the features is replaced (tensor hooks)."""
+        alpha, pieces = self._features_gradient(rows, features, values)
+        handles = [f.register_hook(lambda _, piece=piece: piece) for f, piece in zip(features, pieces)]
         try:
             losses.sum().backward(seed, retain_graph=retain_graph)
         finally:
             for handle in handles:
                 handle.remove()
         return alpha
+
+    def _backward_capturing_features(self, losses, seed, values, feature, retain_graph, consumers) -> Tensor:
+        """The same in a single backward pass: hooks on the nodes that consume ``feature`` record each
+        objective's share of its gradient, and the hook on ``feature``, which runs once all of them
+        have, replaces their sum by the MGDA combination."""
+        shares: list[list[Tensor]] = [[] for _ in consumers]
+        solved: list[Tensor] = []
+
+        def combine(_: Tensor) -> Tensor:
+            rows = [(functools.reduce(torch.add, parts),) for parts in shares]
+            alpha, (piece,) = self._features_gradient(rows, [feature], values)
+            solved.append(alpha)
+            return piece
+
+        handles = [
+            node.register_hook(lambda grad_inputs, _, parts=parts, slot=slot: parts.append(grad_inputs[slot]))
+            for parts, nodes in zip(shares, consumers)
+            for node, slot in nodes
+        ]
+        handles.append(feature.register_hook(combine))
+        try:
+            losses.sum().backward(seed, retain_graph=retain_graph)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return solved[0]
 
     # ------------------------------------------------------------------------------- state
     def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: D102 (documented on the base)
@@ -280,6 +319,49 @@ def _objective_roots(losses: Tensor) -> list[Tensor | GradientEdge | None]:
     if node is not None and node.name() == "StackBackward0" and len(node.next_functions) == losses.numel():
         return [None if fn is None else GradientEdge(fn, nr) for fn, nr in node.next_functions]
     return list(losses)
+
+
+def _check_reached(reached: Sequence[bool]) -> None:
+    for i, hit in enumerate(reached):
+        if not hit:
+            raise ValueError(
+                f"objective {i} does not depend on the features; the representation mode needs every "
+                "objective to pass through them (call backward(losses) without features instead)"
+            )
+
+
+def _feature_consumers(roots: Sequence[Tensor | GradientEdge | None], feature: Tensor) -> list[list[tuple[Any, int]]] | None:
+    """For each objective, the autograd nodes on its paths that take ``feature`` as an input, with the slot.
+
+    ``None`` when the objectives' shares of the feature gradient cannot be told apart in one
+    backward pass: a node that consumes ``feature`` lies on two objectives' paths (a layer
+    shared after the representation), or the roots are not the stack's inputs (see
+    :func:`_objective_roots`). The walk stops at ``feature``, so it covers the heads, not the trunk.
+    """
+    target = get_gradient_edge(feature)
+    owner: dict[Any, int] = {}
+    found: list[list[tuple[Any, int]]] = []
+    for i, root in enumerate(roots):
+        mine: list[tuple[Any, int]] = []
+        found.append(mine)
+        if not isinstance(root, GradientEdge):
+            if root is None:
+                continue
+            return None
+        if root.node is target.node:
+            return None
+        stack, seen = [root.node], {root.node}
+        while stack:
+            node = stack.pop()
+            for slot, (child, output_nr) in enumerate(node.next_functions):
+                if child is target.node and output_nr == target.output_nr:
+                    if owner.setdefault(node, i) != i:
+                        return None
+                    mine.append((node, slot))
+                elif child is not None and child not in seen:
+                    seen.add(child)
+                    stack.append(child)
+    return found
 
 
 def _gradients(root: Tensor | GradientEdge | None, inputs: Sequence[Tensor], seed: Tensor, retain_graph: bool) -> tuple:

@@ -6,6 +6,7 @@ import torch
 from tests.helpers import TwoHeads, batch, flat_parameters, task_losses
 from torch_moo import MultiGradientDescent
 from torch_moo.functional import mgda_weights, normalized_gram
+from torch_moo.mgda import _feature_consumers, _objective_roots
 
 
 def trunk_jacobian(model, losses):
@@ -50,20 +51,40 @@ def test_full_mode_is_mgda_on_the_shared_parameters_and_heads_take_their_own_gra
     assert -1e-7 * scale < opt.gap < 1e-6 * scale
 
 
-def test_representation_mode_weights_the_trunk_through_the_features_and_heads_take_their_own_gradient():
-    model = TwoHeads()
-    opt = MultiGradientDescent(model.parameters(), num_objectives=2, lr=1e-2)
-    z, losses = features_and_losses(model, 0)
-    alpha = opt.backward(losses, features=z)
-    z, losses = features_and_losses(model, 0)
+def head_losses(model, shared, z, structure, step=0):
+    """The two objectives on top of the features ``z``, in three layouts of the heads."""
+    _, y1, y2 = batch(step)
+    if structure == "heads":  # each head consumes z once: one backward pass captures both shares
+        out1, out2 = (head(z).squeeze(-1) for head in model.heads)
+    elif structure == "head reading z twice":  # two nodes consume z for objective 0: their shares add up
+        out1, out2 = model.heads[0](z).squeeze(-1) + 0.1 * z.sum(1), model.heads[1](z).squeeze(-1)
+    else:  # "layer shared after z": one node consumes z for both, so one pass per objective
+        s = shared(z)
+        out1, out2 = (head(s).squeeze(-1) for head in model.heads)
+    return torch.stack([(out1 - y1).square().mean(), (out2 - y2).square().mean()])
+
+
+@pytest.mark.parametrize("structure", ["heads", "head reading z twice", "layer shared after z"])
+def test_representation_mode_weights_the_trunk_through_the_features_and_heads_take_their_own_gradient(structure):
+    model, shared = TwoHeads(), torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh())
+    params = [*model.parameters(), *shared.parameters()]
+    opt = MultiGradientDescent(params, num_objectives=2, lr=1e-2)
+    z = model.trunk(batch(0)[0])
+    alpha = opt.backward(head_losses(model, shared, z, structure), features=z)
+    z = model.trunk(batch(0)[0])
+    losses = head_losses(model, shared, z, structure)
+    # One backward pass captures the shares unless a node after z serves both objectives.
+    assert (_feature_consumers(_objective_roots(losses), z) is None) == (structure == "layer shared after z")
     feature_grads = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for loss in losses])
     torch.testing.assert_close(alpha, mgda_weights(feature_grads)[0])
+    # The trunk gets the MGDA combination through z; everything after z the plain sum's gradient
+    # (each head its own objective's; a shared layer after z both), as one backward of the sum gives.
     trunk = list(model.trunk.parameters())
     for p, want in zip(trunk, torch.autograd.grad(alpha @ losses, trunk, retain_graph=True)):
         torch.testing.assert_close(p.grad, want)
-    for head, loss in zip(model.heads, losses):
-        for p, own in zip(head.parameters(), torch.autograd.grad(loss, list(head.parameters()), retain_graph=True)):
-            torch.testing.assert_close(p.grad, own)
+    after = [*model.heads.parameters(), *shared.parameters()]
+    for p, want in zip(after, torch.autograd.grad(losses.sum(), after, retain_graph=True, allow_unused=True)):
+        assert p.grad is None if want is None else torch.allclose(p.grad, want)
 
 
 def test_a_sequence_of_losses_is_the_same_as_their_stack_and_backward_accumulates():
