@@ -1,0 +1,35 @@
+"""examples/torchrun_ddp.py launched by torchrun on 2 gloo ranks: the ranks end identical and learn."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "torchrun_ddp.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("method", ["chebyshev", "mgda-full"])
+def test_two_torchrun_ranks_end_identical_and_the_loss_falls(tmp_path, method):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+               str(EXAMPLE), "--smoke", "--backend", "gloo", "--method", method, "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    for name in ("parameters", "masks", "method state"):
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        assert all(r["identical"][name] for r in ranks), name  # each rank's own all_gather check
+    assert ranks[0]["sha256"] == ranks[1]["sha256"]
+    assert ranks[0]["loss_after"] < ranks[0]["loss_before"]
+    masks = ranks[0]["masks"]
+    assert 0.75 < 1 - masks.mean().item() < 0.85  # 80% pruned
+    assert result.stdout.count("identical across 2 rank(s)") == 2
