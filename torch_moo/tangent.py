@@ -49,8 +49,10 @@ class ParetoTangentExplorer(MultiGradientDescent):
     It is a :class:`~torch_moo.MultiGradientDescent` as well (full mode, no normalisation):
     ``opt.backward(losses)`` then ``opt.step()`` is an MGDA step with the base optimizer, the
     way to reach a Pareto-stationary point first; ``opt.step(closure)`` is an exploration step.
-    :attr:`stationarity` tells how stationary the start of the last step was, and
-    :attr:`tangent_solve` how well the last system was solved.
+    :attr:`stationarity` is :math:`\|\sum_i \alpha_i \nabla f_i\|^2` at the last gradient
+    evaluation (the start of the last step, or its last correction), and :attr:`tangent_solve`
+    tells how well the last system was solved: its residual is absolute, to compare with
+    :math:`\|J^\top \beta\|`.
 
     Under :mod:`torch.distributed` the Jacobian and every Hessian-vector product are averaged
     across ranks (one all-reduce per MINRES iteration), so every rank takes the same step.

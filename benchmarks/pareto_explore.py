@@ -1,0 +1,416 @@
+"""Pareto exploration (Ma, Du & Matusik, ICML 2020) against preference sweeps at an equal gradient budget.
+
+Problem: :class:`torch_moo.datasets.TwoDigits`, a fixed training subset used full-batch (so the
+objectives are deterministic functions of the weights) and a held-out set for reporting.
+Objectives: (cross-entropy of the left digit, cross-entropy of the right digit) on that batch.
+Model: a one-hidden-layer MLP on the 256 pixels, 256 -> ``--width`` (ReLU) -> two linear heads.
+With a narrow trunk (16 units) the two tasks compete for the features and the front is a real
+trade-off; with 32 or more both losses reach about 0 together and the front is one point.
+
+Methods, each charged the same budget of backward-pass equivalents (see ``--help`` and the
+README's "Pareto exploration" section):
+
+* **explore**: Adam on :math:`w^\\top L` for the ``--starts`` weights (full batch, cosine
+  schedule, ``--start-steps`` steps), then :func:`torch_moo.exploration.explore` from each
+  start along :math:`\\beta = e_1` and :math:`e_2` for ``--explore-steps`` steps. Its budget
+  includes the starts' training.
+* **weighted sum**: Adam on :math:`w^\\top L`, :math:`w` the interior points of
+  :func:`~torch_moo.pareto.simplex_lattice` (``n`` runs, the budget split evenly among them).
+* **ChebyshevALM**: :class:`torch_moo.ChebyshevALM` with the same preferences, base Adam,
+  same schedule and step counts.
+
+Cost model (units = backward-pass equivalents): one backward of a scalar (a weighted sum, a
+ChebyshevALM step, one objective's gradient) = 1; a Hessian-vector product (a double backward)
+= 2; a forward-only evaluation = 0. The exploration's counts are measured, not assumed: every
+gradient-enabled evaluation of the loss vector inside an explorer step is charged k = 2 and
+every operator call inside MINRES 2. The script also times one of each on the start model, so
+the cost model can be checked against this machine.
+
+    python benchmarks/pareto_explore.py            # the README's table, about 3-6 min on 2 cores
+    python benchmarks/pareto_explore.py --quick    # smoke check, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import cross_entropy
+
+import torch_moo as tm
+import torch_moo.exploration
+import torch_moo.tangent
+from torch_moo.datasets import TwoDigits
+from torch_moo.pareto import hypervolume, non_dominated, simplex_lattice, sweep
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PLOT = HERE.parent / "docs" / "_static" / "pareto_explore.png"
+K = 2  # objectives
+
+
+class TwoHeadMLP(nn.Module):
+    """256 pixels -> ``width`` ReLU units (shared) -> one linear head per digit."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(256, width), nn.ReLU())
+        self.left = nn.Linear(width, 10)
+        self.right = nn.Linear(width, 10)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.trunk(x)
+        return self.left(z), self.right(z)
+
+
+def loss_vector(model: nn.Module, data: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    images, left, right = data
+    left_logits, right_logits = model(images)
+    return torch.stack([cross_entropy(left_logits, left), cross_entropy(right_logits, right)])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, state: dict[str, Tensor], data) -> list[float]:
+    model.load_state_dict(state)
+    return loss_vector(model, data).tolist()
+
+
+def snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------- scalarized runs
+def train(model: nn.Module, data, weight: Tensor, steps: int, lr: float, method: str) -> None:
+    """Full-batch training of ``model`` for ``steps`` steps (one backward pass each), cosine lr."""
+    if method == "weighted sum":
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        opt = tm.ChebyshevALM(model.parameters(), num_objectives=K, preference=weight, outer_every=100, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    for _ in range(steps):
+        opt.zero_grad()
+        losses = loss_vector(model, data)
+        if method == "weighted sum":
+            (weight.to(losses.dtype) @ losses).backward()
+        else:
+            opt.backward(losses)
+        opt.step()
+        schedule.step()
+
+
+def fresh_model(args) -> nn.Module:
+    torch.manual_seed(args.seed)  # every run starts from the same weights
+    return TwoHeadMLP(args.width)
+
+
+@dataclass
+class Result:
+    name: str
+    train: list[list[float]] = field(default_factory=list)
+    test: list[list[float]] = field(default_factory=list)
+    budget: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+
+def run_sweep(method: str, runs: int, budget: int, args, train_data, test_data) -> Result:
+    """``runs`` preferences, interior points of simplex_lattice(2, runs + 1), budget // runs steps each."""
+    preferences = simplex_lattice(K, runs + 1)[1:-1]
+    steps = budget // runs
+    probe = fresh_model(args)
+
+    def run(weight: Tensor):
+        model = fresh_model(args)
+        train(model, train_data, weight.float(), steps, args.lr, method)
+        return loss_vector(model, train_data).detach(), snapshot(model)
+
+    start = time.perf_counter()
+    front = sweep(run, preferences)
+    seconds = time.perf_counter() - start
+    result = Result(f"{method}, {runs} runs", budget=steps * runs, seconds=seconds, note=f"{steps} steps/run")
+    result.train = front.values.tolist()
+    result.test = [evaluate(probe, state, test_data) for state in front.payloads]
+    return result
+
+
+# ------------------------------------------------------------------------------------ exploring
+@dataclass
+class Solve:
+    seconds: float
+    hvps: int
+    residual: float  # MINRES's residual estimate relative to ||J^T beta||
+
+
+class Recorder:
+    """Instruments explore(): times every explorer step, counts HVPs and gradient evaluations."""
+
+    def __init__(self) -> None:
+        self.solves: list[Solve] = []
+        self.gradient_evaluations = 0  # loss vectors evaluated with grad enabled (each charged k)
+        self.hvps = 0
+        self._pending: tuple[int, float] | None = None
+        self._minres = torch_moo.tangent.minres  # the real one, called by the patched name
+
+    def minres(self, operator, rhs, **kwargs):
+        def counted(vector):
+            self.hvps += 1
+            return operator(vector)
+
+        result = self._minres(counted, rhs, **kwargs)
+        scale = float(torch.linalg.vector_norm(rhs)) or 1.0
+        self._pending = (int(result.iterations), float(result.residual_norm) / scale)
+        return result
+
+    def explorer_class(self):
+        recorder = self
+
+        class TimedExplorer(tm.ParetoTangentExplorer):
+            def step(self, closure=None):
+                hvps_before = recorder.hvps
+                start = time.perf_counter()
+                out = super().step(closure)
+                seconds = time.perf_counter() - start
+                iterations, residual = recorder._pending
+                assert iterations == recorder.hvps - hvps_before, "MINRES iterations != operator calls"
+                recorder.solves.append(Solve(seconds, iterations, residual))
+                return out
+
+        return TimedExplorer
+
+    def losses(self, data):
+        def evaluate_losses(model: nn.Module) -> Tensor:
+            if torch.is_grad_enabled():
+                self.gradient_evaluations += 1
+            return loss_vector(model, data)
+
+        return evaluate_losses
+
+
+def run_explore(args, train_data, test_data) -> tuple[Result, Recorder, list]:
+    start = time.perf_counter()
+    starts = []
+    for w in args.starts:
+        model = fresh_model(args)
+        train(model, train_data, torch.tensor([w, 1 - w]), args.start_steps, args.lr, "weighted sum")
+        starts.append(model)
+    start_seconds = time.perf_counter() - start
+
+    recorder = Recorder()
+    explorer_kwargs = dict(
+        step_size=args.step_size, damping=args.damping, max_iter=args.max_iter, tol=args.tol,
+        corrections=args.corrections, lr=args.correction_lr,
+    )
+    begin = time.perf_counter()
+    with mock.patch.object(torch_moo.tangent, "minres", recorder.minres), mock.patch.object(
+        torch_moo.exploration, "ParetoTangentExplorer", recorder.explorer_class()
+    ):
+        points = torch_moo.exploration.explore(
+            starts, recorder.losses(train_data), steps=args.explore_steps, **explorer_kwargs
+        )
+    explore_seconds = time.perf_counter() - begin
+
+    budget = len(starts) * args.start_steps + K * recorder.gradient_evaluations + 2 * recorder.hvps
+    result = Result(
+        f"explore ({len(starts)} starts x 2 directions x {args.explore_steps} steps)",
+        budget=budget, seconds=start_seconds + explore_seconds,
+        note=f"starts {len(starts) * args.start_steps}, {recorder.gradient_evaluations} gradient evals, "
+        f"{recorder.hvps} HVPs; {start_seconds:.1f} s starts + {explore_seconds:.1f} s exploring",
+    )
+    probe = fresh_model(args)
+    result.train = [p.values.tolist() for p in points]
+    result.test = [evaluate(probe, p.state, test_data) for p in points]
+    alone = Result(
+        f"the {len(starts)} starts alone (explore's step 0)", budget=len(starts) * args.start_steps,
+        seconds=start_seconds, note="for reference: what the exploration steps add",
+    )
+    alone.train = [v for v, p in zip(result.train, points) if p.step == 0]
+    alone.test = [v for v, p in zip(result.test, points) if p.step == 0]
+    return result, recorder, starts, alone
+
+
+def unit_costs(model: nn.Module, data, repeat: int) -> dict[str, float]:
+    """Median ms of a weighted-sum backward, a create_graph gradient of one objective and an HVP."""
+    params = list(model.parameters())
+
+    def backward():
+        model.zero_grad()
+        loss_vector(model, data).sum().backward()
+
+    def graph_gradient():
+        torch.autograd.grad(loss_vector(model, data)[0], params, create_graph=True)
+
+    losses = loss_vector(model, data)
+    grads = torch.autograd.grad(losses.sum(), params, create_graph=True)
+    vector = [torch.randn_like(p) for p in params]
+
+    def hvp():
+        tm.functional.hessian_vector_product(grads, params, vector)
+
+    def forward():
+        with torch.no_grad():
+            loss_vector(model, data)
+
+    out = {}
+    for name, call in [("forward", forward), ("backward", backward), ("gradient (graph)", graph_gradient), ("HVP", hvp)]:
+        call()
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t)
+        out[name] = 1e3 * statistics.median(times)
+    return out
+
+
+# ------------------------------------------------------------------------------------ reporting
+def nadir_reference(results: list[Result], split: str) -> list[float]:
+    """1.1 x the nadir (componentwise max) of the non-dominated points of all methods together."""
+    union = torch.tensor([p for r in results for p in getattr(r, split)], dtype=torch.float64)
+    return (1.1 * union[non_dominated(union)].max(dim=0).values).tolist()
+
+
+def front_stats(points: list[list[float]], union: Tensor, reference: list[float]) -> tuple[int, int, float]:
+    values = torch.tensor(points, dtype=torch.float64)
+    own = int(non_dominated(values).sum())
+    # points of this method that no point of any method dominates
+    mask = non_dominated(torch.cat([values, union]))[: len(values)]
+    return own, int(mask.sum()), hypervolume(values, reference)
+
+
+def plot(results: list[Result], references: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from torch_moo.pareto import plot_front
+
+    styles = ["o", "s", "^", "v", "D", "P"]
+    figure, axes = plt.subplots(1, 2, figsize=(6, 4), layout="constrained")
+    for ax, split, title in zip(axes, ("train", "test"), ("training batch", "held-out")):
+        union = torch.tensor([p for r in results for p in getattr(r, split)], dtype=torch.float64)
+        reference = references[split]
+        plot_front(union, ax=ax, reference=reference, labels=["CE left", "CE right"])
+        for ax_child in list(ax.collections):  # keep plot_front's staircase and shading, redraw points per method
+            if ax_child.get_label() in ("non-dominated", "dominated"):
+                ax_child.remove()
+        mask = non_dominated(union)
+        offset = 0
+        for i, result in enumerate(results):
+            values = union[offset : offset + len(getattr(result, split))]
+            nd = mask[offset : offset + len(values)]
+            offset += len(values)
+            label = result.name.split(" (")[0]
+            ax.scatter(*values[nd].T, marker=styles[i], s=22, color=f"C{i}", label=label, zorder=4)
+            ax.scatter(*values[~nd].T, marker=styles[i], s=14, color=f"C{i}", alpha=0.3, zorder=3)
+        low = union.min(dim=0).values.tolist()
+        for axis, lo, hi in zip("xy", low, reference):  # clip to the reference box: far-off points are not drawn
+            getattr(ax, f"set_{axis}lim")(max(0.0, lo - 0.05 * (hi - lo)), hi + 0.05 * (hi - lo))
+        ax.set_title(title, fontsize=9)
+        ax.get_legend().remove()
+    handles, labels = axes[0].get_legend_handles_labels()
+    keep = [(h, l) for h, l in zip(handles, labels) if l not in ("reference",)]
+    figure.legend(*zip(*keep), loc="outside lower center", ncol=3, fontsize=7, frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    print(f"\nwrote {path} (faded: dominated by some method's point; x: the reference point)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke check only (seconds)")
+    parser.add_argument("--seed", type=int, default=0, help="data draw and initial weights")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust timings on a shared machine)")
+    parser.add_argument("--train-size", type=int, default=2048)
+    parser.add_argument("--test-size", type=int, default=2000)
+    parser.add_argument("--width", type=int, default=16, help="trunk width; small widths make the tasks compete")
+    parser.add_argument("--lr", type=float, default=0.01, help="Adam's (and ChebyshevALM's) learning rate")
+    parser.add_argument("--starts", type=float, nargs="+", default=[0.2, 0.5, 0.8], help="w_1 of the starts")
+    parser.add_argument("--start-steps", type=int, default=1500, help="full-batch Adam steps per start")
+    parser.add_argument("--explore-steps", type=int, default=10, help="explorer steps per start and direction")
+    parser.add_argument("--step-size", type=float, default=0.3)
+    parser.add_argument("--damping", type=float, default=0.1)
+    parser.add_argument("--max-iter", type=int, default=20)
+    parser.add_argument("--tol", type=float, default=1e-5)
+    parser.add_argument("--corrections", type=int, default=2)
+    parser.add_argument("--correction-lr", type=float, default=0.05, help="SGD lr of the MGDA correction steps")
+    parser.add_argument("--runs", type=int, nargs="+", default=[4, 8], help="sweep sizes of the baselines")
+    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.train_size, args.test_size, args.start_steps, args.explore_steps = 256, 256, 60, 2
+        args.max_iter, args.runs = 5, [2]
+        if args.plot == DEFAULT_PLOT:
+            args.no_plot = True
+    torch.set_num_threads(args.threads)
+    total = time.perf_counter()
+
+    train_data = TwoDigits(train=True, size=args.train_size, seed=args.seed).tensors()
+    test_data = TwoDigits(train=False, size=args.test_size, seed=args.seed).tensors()
+    print(
+        f"TwoDigits: {args.train_size} training images (full batch), {args.test_size} held-out; "
+        f"MLP 256-{args.width}-2x10; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    )
+
+    explored, recorder, starts, alone = run_explore(args, train_data, test_data)
+    results = [explored]
+    for method in ("weighted sum", "ChebyshevALM"):
+        for runs in args.runs:
+            results.append(run_sweep(method, runs, explored.budget, args, train_data, test_data))
+
+    results.append(alone)  # a subset of the exploration's points: it does not change the reference
+    references = {split: nadir_reference(results, split) for split in ("train", "test")}
+    print(
+        "\nreference point (1.1 x the nadir of all methods' non-dominated points): "
+        f"training {references['train'][0]:.3f}, {references['train'][1]:.3f}; "
+        f"held-out {references['test'][0]:.3f}, {references['test'][1]:.3f}"
+    )
+    unions = {
+        split: torch.tensor([p for r in results for p in getattr(r, split)], dtype=torch.float64)
+        for split in ("train", "test")
+    }
+    print()
+    print("| method | points | budget | wall s | ND own | ND in union | HV train | ND own (held-out) | ND in union (held-out) | HV held-out |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        own, shared, hv = front_stats(r.train, unions["train"], references["train"])
+        own_t, shared_t, hv_t = front_stats(r.test, unions["test"], references["test"])
+        print(
+            f"| {r.name} | {len(r.train)} | {r.budget} | {r.seconds:.1f} | {own} | {shared} | {hv:.4f} "
+            f"| {own_t} | {shared_t} | {hv_t:.4f} |"
+        )
+    for r in results:
+        print(f"- {r.name}: {r.note}")
+
+    solves = recorder.solves
+    seconds = [s.seconds for s in solves]
+    hvps = [s.hvps for s in solves]
+    residuals = [s.residual for s in solves]
+    print(
+        f"\nexplorer steps: {len(solves)}; seconds per step median {statistics.median(seconds):.3f} "
+        f"(min {min(seconds):.3f}, max {max(seconds):.3f}); HVPs (MINRES iterations) per step median "
+        f"{statistics.median(hvps):g} (min {min(hvps)}, max {max(hvps)}); relative residual "
+        f"||b - (H + dI) v|| / ||b|| median {statistics.median(residuals):.1e} (max {max(residuals):.1e}); "
+        f"units per step {K * (1 + args.corrections)} + 2 x HVPs"
+    )
+    costs = unit_costs(copy.deepcopy(starts[0]), train_data, 5 if args.quick else 50)
+    unit = costs["backward"]
+    print(
+        "unit costs on this batch (median ms, ratio to a forward+backward of the weighted sum): "
+        + ", ".join(f"{name} {ms:.2f} ({ms / unit:.2f})" for name, ms in costs.items())
+    )
+    if not args.no_plot:
+        plot([r for r in results if r is not alone], references, args.plot)
+    print(f"total {time.perf_counter() - total:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
