@@ -102,8 +102,28 @@ def check_losses(losses: object, num_objectives: int, *, check_finite: bool) -> 
     if not losses.is_floating_point():
         raise TypeError(f"losses must be floating point, got dtype {losses.dtype}")
     if check_finite and not all_finite(losses.detach()):
-        raise ValueError(
-            f"losses must be finite, got {losses.detach().cpu().tolist()} "
-            "(with check_finite=False non-finite losses skip the method's state update instead)"
-        )
+        raise nonfinite_error(losses)
     return losses
+
+
+def check_nonfinite(check_finite: object, nonfinite: object) -> str:
+    """The ``nonfinite`` mode from it and the older ``check_finite`` flag (``True``: ``"raise"``,
+    ``False``: ``"propagate"``); ``nonfinite`` wins when given, but may not contradict ``check_finite=False``."""
+    if nonfinite is None:
+        return "raise" if check_finite else "propagate"
+    check_choice("nonfinite", nonfinite, ("raise", "skip", "propagate"))
+    if not check_finite and nonfinite != "propagate":
+        raise ValueError(
+            f"check_finite=False (nonfinite='propagate') contradicts nonfinite={nonfinite!r}: pass nonfinite alone"
+        )
+    return nonfinite  # type: ignore[return-value]
+
+
+def nonfinite_error(losses: Tensor, mean: Tensor | None = None, ranks: int = 1) -> ValueError:
+    """The error for non-finite losses; ``mean`` is their all-reduced mean over ``ranks`` processes."""
+    message = f"losses must be finite, got {losses.detach().cpu().tolist()}"
+    if ranks > 1 and mean is not None:
+        message += f"; their mean over the {ranks} ranks is {mean.cpu().tolist()} (every rank raises alike)"
+    return ValueError(
+        message + " (nonfinite='skip' skips such steps; nonfinite='propagate' passes them to .grad, for a GradScaler)"
+    )

@@ -9,13 +9,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_moo._validation import all_finite, check_count, check_losses
-from torch_moo.distributed import mean_across_ranks
+from torch_moo._validation import all_finite, check_count, check_losses, check_nonfinite, nonfinite_error
+from torch_moo.distributed import mean_across_ranks, world_size
 
-__all__ = ["MultiObjectiveOptimizer", "LossSpaceOptimizer"]
+__all__ = ["MultiObjectiveOptimizer", "LossSpaceOptimizer", "NONFINITE"]
 
 Losses = Tensor | Sequence[Tensor | float]
 STATE_KEY = "torch_moo"
+NONFINITE = ("raise", "skip", "propagate")
+"""The values of ``nonfinite``: what :meth:`MultiObjectiveOptimizer.backward` does with NaN or infinite losses."""
 
 
 class MultiObjectiveOptimizer(Optimizer):
@@ -36,9 +38,23 @@ class MultiObjectiveOptimizer(Optimizer):
     Args:
         params: parameters or parameter groups, as for any optimizer.
         num_objectives: length of the loss vector.
-        check_finite: raise on non-finite losses (one host synchronisation per ``backward``).
-            With ``False`` such losses reach ``.grad`` as in plain PyTorch (where a
-            :class:`torch.amp.GradScaler` skips the step) and never enter the method's state.
+        check_finite: the older spelling of ``nonfinite``: ``True`` is ``"raise"``, ``False`` is
+            ``"propagate"``. ``nonfinite``, when given, takes precedence (``check_finite=False``
+            with ``nonfinite="raise"`` or ``"skip"`` is a contradiction and raises).
+        nonfinite: what :meth:`backward` does when a loss is NaN or infinite (on any rank under
+            :mod:`torch.distributed`: the check is made on the all-reduced losses, so every rank
+            decides alike):
+
+            * ``"raise"`` (the default): a :class:`ValueError`, before anything changes
+              (``.grad``, the method's state, the recorded losses).
+            * ``"skip"``: ``backward`` writes nothing into ``.grad`` and returns zero weights,
+              :attr:`skipped` becomes ``True``, and the ``step()`` that follows is a no-op: no
+              base step (so no step hooks of the base, such as a
+              :class:`~torch_moo.SparsityController`'s), no method-state update.
+            * ``"propagate"``: no check; the losses reach ``.grad`` as in plain PyTorch (where a
+              :class:`torch.amp.GradScaler` skips the step) and never enter the method's state.
+
+            ``"raise"`` and ``"skip"`` cost one host synchronisation per ``backward``.
         base: the optimizer class that updates the parameters (one that needs a closure for
             every step, such as :class:`torch.optim.LBFGS`, is not supported).
         **base_kwargs: passed to ``base``.
@@ -50,22 +66,27 @@ class MultiObjectiveOptimizer(Optimizer):
         *,
         num_objectives: int,
         check_finite: bool = True,
+        nonfinite: str | None = None,
         base: type[Optimizer] = torch.optim.Adam,
         **base_kwargs: Any,
     ) -> None:
         self.num_objectives = check_count("num_objectives", num_objectives)
+        self.nonfinite = check_nonfinite(check_finite, nonfinite)
+        # True under "raise" and "skip": the losses that reach the method are finite.
+        self.check_finite = self.nonfinite != "propagate"
         if not (isinstance(base, type) and issubclass(base, Optimizer)):
             raise TypeError(f"base must be a torch.optim.Optimizer subclass, got {base!r}")
         if issubclass(base, MultiObjectiveOptimizer):
             raise TypeError(f"base must be a single-objective optimizer, got {base.__name__}")
-        self.check_finite = bool(check_finite)
         self.base = base(params, **base_kwargs)
         super().__init__(self.base.param_groups, self.base.defaults)
         self._share_base()
         first = self.param_groups[0]["params"][0]
         self._device = first.device
-        self._pending_sum: Tensor | None = None
-        self._pending_count = 0
+        self._pending_sum: Tensor | None = None  # sum of the recorded (finite) loss values
+        self._pending_count = 0  # backward calls since the last step, skipped ones included
+        self._pending_skip = False  # a backward since the last step skipped non-finite losses
+        self._last_skipped = False  # the last step() was a no-op because of that
 
     def _share_base(self) -> None:
         self.param_groups = self.base.param_groups
@@ -92,19 +113,56 @@ class MultiObjectiveOptimizer(Optimizer):
             retain_graph: keep the graph, as in :meth:`torch.Tensor.backward`.
 
         Returns:
-            The objective weights used (detached, float32, on the losses' device).
+            The objective weights used (detached, float32, on the losses' device); zeros when
+            ``nonfinite="skip"`` skipped the losses (see :attr:`skipped`).
+
+        Raises:
+            ValueError: non-finite losses with ``nonfinite="raise"``, on every rank alike; a
+                loss vector of the wrong length or shape, or losses that do not require grad.
+            TypeError: losses that are not a tensor or sequence of scalars, or not floating point.
+            Nothing has changed when it raises.
         """
-        losses = check_losses(losses, self.num_objectives, check_finite=self.check_finite)
+        losses = check_losses(losses, self.num_objectives, check_finite=False)
         if not losses.requires_grad:
             raise ValueError(
                 "losses do not require grad: pass them before .detach() or .item() "
                 "(use weights(losses) to compute weights without a backward pass)"
             )
         values = mean_across_ranks(losses.detach().to(self._device, torch.float32))
+        # Checked after the all-reduce: a NaN on one rank makes the mean NaN on all of them, so
+        # every rank raises (or skips) together instead of one raising while the others wait.
+        if self.check_finite and not bool(all_finite(values)):
+            if self.nonfinite == "raise":
+                raise nonfinite_error(losses, values, world_size())
+            return self._skip_backward(losses, scaler)
         weights = self._combine(losses, values, features=features, scaler=scaler, retain_graph=retain_graph)
+        if self._pending_count == 0:
+            self._last_skipped = False
         self._pending_sum = values if self._pending_sum is None else self._pending_sum + values
         self._pending_count += 1
         return weights.to(losses.device)
+
+    def _skip_backward(self, losses: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
+        """Record a skipped backward (``nonfinite="skip"``): nothing reaches ``.grad``; zero weights."""
+        if scaler is not None:
+            # scaler.step() then finds gradients to check (none are inf: it calls step(), a no-op
+            # here) and an initialised scale, as after any backward; existing .grad is left alone.
+            scaler.scale(losses.detach().new_zeros(()))
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.requires_grad and p.grad is None:
+                            p.grad = torch.zeros_like(p)
+        self._pending_count += 1
+        self._pending_skip = True
+        return torch.zeros(self.num_objectives, device=losses.device)
+
+    @property
+    def skipped(self) -> bool:
+        """Whether non-finite losses skip the pending step (``nonfinite="skip"``): ``True`` from a
+        :meth:`backward` that skipped them to the next :meth:`zero_grad` or the next ``backward``
+        after :meth:`step`; between a step and the next backward, whether that step was skipped."""
+        return self._pending_skip if self._pending_count else self._last_skipped
 
     def step(self, closure: Callable[[], Losses] | None = None) -> Losses | None:  # type: ignore[override]
         """The base optimizer's step, then the method's state update.
@@ -132,21 +190,29 @@ class MultiObjectiveOptimizer(Optimizer):
         Separate from :meth:`step`, which :class:`torch.optim.Optimizer` wraps with its hooks,
         so that a subclass's own ``step`` can take several such steps with hooks run once.
         """
-        if self._pending_sum is None:
+        if self._pending_count == 0:
             raise RuntimeError(
                 f"{type(self).__name__}.step() found no backward() since the last step() or zero_grad(): "
                 "call opt.backward(losses) with the per-objective losses first, "
                 "or pass step() a closure that returns them"
             )
-        self.base.step()
-        # Loss values are detached and the method's state needs no grad: no graph is recorded.
-        self._advance(self._pending_sum if self._pending_count == 1 else self._pending_sum / self._pending_count)
-        self._pending_sum, self._pending_count = None, 0
+        skip = self._pending_skip
+        if skip:  # nonfinite="skip": no base step (nor its hooks), no method state update
+            self._discard_pending()
+        else:
+            self.base.step()
+            # Loss values are detached and the method's state needs no grad: no graph is recorded.
+            self._advance(self._pending_sum if self._pending_count == 1 else self._pending_sum / self._pending_count)
+        self._reset_pending()
+        self._last_skipped = skip
+
+    def _reset_pending(self) -> None:
+        self._pending_sum, self._pending_count, self._pending_skip = None, 0, False
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients (through the base optimizer) and the losses recorded by :meth:`backward`."""
         self.base.zero_grad(set_to_none)
-        self._pending_sum, self._pending_count = None, 0
+        self._reset_pending()
 
     # -------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -159,8 +225,8 @@ class MultiObjectiveOptimizer(Optimizer):
         """Load a state dict from :meth:`state_dict` of an identically configured optimizer.
 
         Raises:
-            ValueError: the state dict lacks the method entry or was saved with another
-                configuration; nothing is changed then.
+            ValueError: the state dict lacks the method entry, was saved by another class, with
+                another configuration or for another number of parameters; nothing is changed then.
         """
         name = type(self).__name__
         if STATE_KEY not in state_dict:
@@ -169,6 +235,8 @@ class MultiObjectiveOptimizer(Optimizer):
                 f"(load a plain optimizer's state into {name}.base instead)"
             )
         saved = state_dict[STATE_KEY]
+        if not (isinstance(saved, dict) and {"config", "state"} <= set(saved)):
+            raise ValueError(f"state_dict[{STATE_KEY!r}] must hold 'config' and 'state', got {_describe(saved)}")
         current = self._config()
         for key in sorted(set(current) | set(saved["config"]), key=lambda key: (key != "method", key)):
             if saved["config"].get(key) != current.get(key):
@@ -176,12 +244,20 @@ class MultiObjectiveOptimizer(Optimizer):
                     f"state_dict was saved with {key}={saved['config'].get(key)!r}, "
                     f"but this {name} has {key}={current.get(key)!r}"
                 )
+        saved_sizes = [len(group["params"]) for group in state_dict.get("param_groups", [])]
+        sizes = [len(group["params"]) for group in self.param_groups]
+        if saved_sizes != sizes:
+            raise ValueError(
+                f"state_dict was saved for parameter groups of {saved_sizes} parameters, "
+                f"but this {name} has groups of {sizes}"
+            )
         method_state = self._check_method_state(saved["state"])
         super().load_state_dict({key: value for key, value in state_dict.items() if key != STATE_KEY})
         self.base.__setstate__({"state": self.state, "param_groups": self.param_groups})
         self._share_base()
         self._load_method_state(method_state)
-        self._pending_sum, self._pending_count = None, 0
+        self._reset_pending()
+        self._last_skipped = False
 
     def _check_method_state(self, saved: dict[str, Any]) -> dict[str, Any]:
         """The saved method state as float32 tensors on this optimizer's device, shapes checked."""
@@ -230,8 +306,11 @@ class MultiObjectiveOptimizer(Optimizer):
         """Update the method's state after the base step, from the mean loss values of the backward calls."""
         raise NotImplementedError
 
+    def _discard_pending(self) -> None:
+        """Drop what :meth:`backward` prepared for a step that non-finite losses skip (``nonfinite="skip"``)."""
+
     def _finite(self, values: Tensor) -> Tensor | None:
-        """``None`` when :meth:`backward` has already rejected non-finite losses, else whether ``values`` are finite."""
+        """``None`` when :meth:`backward` has already rejected or skipped non-finite losses, else whether ``values`` are finite."""
         return None if self.check_finite else all_finite(values)
 
     def _config(self) -> dict[str, Any]:
@@ -263,3 +342,7 @@ class LossSpaceOptimizer(MultiObjectiveOptimizer):
         gradient = weights if scaler is None else scaler.scale(weights)
         losses.backward(gradient.to(losses.device, losses.dtype), retain_graph=retain_graph)
         return weights
+
+
+def _describe(value: object) -> str:
+    return f"{type(value).__name__} with keys {sorted(map(str, value))}" if isinstance(value, dict) else type(value).__name__

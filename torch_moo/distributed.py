@@ -6,11 +6,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["mean_across_ranks", "means_across_ranks", "broadcast_from_first"]
+__all__ = ["mean_across_ranks", "means_across_ranks", "broadcast_from_first", "world_size"]
 
 
 def _world() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """The number of ranks of the default process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def mean_across_ranks(tensor: Tensor) -> Tensor:

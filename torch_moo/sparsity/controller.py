@@ -37,12 +37,14 @@ class SparsityController:
     r"""Prune and regrow weight masks on any optimizer; pruned weights are exactly zero after every step.
 
     The controller attaches to the optimizer's step hooks (to the base optimizer of a torch_moo
-    optimizer), so the training loop is unchanged; :meth:`remove` detaches it. Before each step
+    optimizer, and a re-masking hook to the torch_moo optimizer itself, whose exploration steps
+    may move the weights outside the base's step), so the training loop is unchanged; :meth:`remove` detaches it. Before each step
     it zeroes the gradients of pruned weights (and, on an update step, changes the topology
     first); after the step it multiplies the weights by their masks. Whenever a unit is pruned
     or grown, its entries in the optimizer's state (momentum, Adam moments) are reset to zero,
     so nothing revives a pruned weight. A step that :class:`torch.amp.GradScaler` skips never
-    calls the hooks: masks and counters stay as they were.
+    calls the hooks, nor does one that a torch_moo optimizer skips for non-finite losses
+    (``nonfinite="skip"``): masks and counters stay as they were.
 
     Modes:
 
@@ -186,6 +188,10 @@ class SparsityController:
             self._optimizer.register_step_pre_hook(self._pre_step),
             self._optimizer.register_step_post_hook(self._post_step),
         ]
+        if self._optimizer is not optimizer:
+            # A torch_moo optimizer's step may move the weights outside its base's step (the
+            # exploration step of ParetoTangentExplorer): mask them again after every step.
+            self._handles.append(optimizer.register_step_post_hook(self._remask))
 
     # ------------------------------------------------------------------------------ hooks
     def _pre_step(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -214,6 +220,10 @@ class SparsityController:
         if pairs:
             grads, multipliers = zip(*pairs)
             torch._foreach_mul_(list(grads), list(multipliers))
+
+    @torch.no_grad()
+    def _remask(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+        torch._foreach_mul_(self._params, self._multipliers)
 
     @torch.no_grad()
     def _post_step(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
@@ -332,9 +342,13 @@ class SparsityController:
         """Restore :meth:`state_dict`; the weights are masked and pruned optimizer state reset again.
 
         Raises:
-            ValueError: the state was saved with another configuration, for other parameters or
-                parameter shapes; nothing is changed then.
+            ValueError: the state is not a controller's, was saved with another configuration,
+                for other parameters or parameter shapes; nothing is changed then.
         """
+        keys = {"config", "names", "shapes", "step", "active", "masks", "active_updates", "generator"}
+        if not isinstance(state_dict, Mapping) or not keys <= set(state_dict):
+            missing = sorted(keys - set(state_dict)) if isinstance(state_dict, Mapping) else sorted(keys)
+            raise ValueError(f"state_dict is not a SparsityController's: it lacks {missing}")
         for key, value in state_dict["config"].items():
             if self._config().get(key) != value:
                 raise ValueError(f"state_dict was saved with {key}={value!r}, but this controller has {key}={self._config().get(key)!r}")
@@ -344,8 +358,19 @@ class SparsityController:
                 f"state_dict masks {list(zip(state_dict['names'], map(tuple, state_dict['shapes'])))} do not match "
                 f"this model's masked parameters {list(zip(self.names, shapes))}"
             )
+        saved_masks = list(state_dict["masks"])
+        if len(saved_masks) != len(self._params) or len(state_dict["active"]) != len(self._params):
+            raise ValueError(f"state_dict holds {len(saved_masks)} masks for {len(self._params)} masked parameters")
+        for name, p, m in zip(self.names, self._params, saved_masks):
+            if not isinstance(m, Tensor) or tuple(m.shape) != _unit_shape(p, self.structure):
+                shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+                raise ValueError(f"state_dict mask of {name} has shape {shape}, expected {_unit_shape(p, self.structure)}")
+        if self._active_updates is not None and (
+            state_dict["active_updates"] is None or len(state_dict["active_updates"]) != len(self._params)
+        ):
+            raise ValueError("state_dict lacks the active-update counters that dynamic sparse training keeps")
         device = self._params[0].device
-        self._masks = [m.to(device, torch.bool) for m in state_dict["masks"]]
+        self._masks = [m.to(device, torch.bool) for m in saved_masks]
         if self._active_updates is not None:
             self._active_updates = [n.to(device, torch.int32) for n in state_dict["active_updates"]]
         if self.generator is not None and state_dict["generator"] is not None:
