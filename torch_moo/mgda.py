@@ -278,6 +278,9 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         super().zero_grad(set_to_none)
         self._pending_moments = None
 
+    def _discard_pending(self) -> None:
+        self._pending_moments = None
+
     def _advance(self, values: Tensor) -> None:
         if self._pending_moments is None:
             return

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_moo._validation import check_count, check_losses, check_real, check_vector
+from torch_moo._validation import all_finite, check_count, check_losses, check_real, check_vector, nonfinite_error
 from torch_moo.base import Losses
-from torch_moo.distributed import mean_across_ranks
+from torch_moo.distributed import mean_across_ranks, world_size
 from torch_moo.functional.curvature import hessian_vector_product
 from torch_moo.functional.krylov import MinresResult, minres
 from torch_moo.mgda import MultiGradientDescent, _objective_roots
@@ -70,7 +70,9 @@ class ParetoTangentExplorer(MultiGradientDescent):
         max_iter, tol: MINRES's iteration cap (Hessian-vector products per step) and relative
             residual tolerance.
         corrections: MGDA steps with the base optimizer after each tangent move.
-        check_finite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`;
+        check_finite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`
+            (``nonfinite`` among ``base_kwargs`` too: with ``"skip"``, an exploration step whose
+            losses are not finite on some rank moves nothing and sets :attr:`skipped`);
             ``base`` defaults to :class:`torch.optim.SGD`, which the correction steps use.
 
     Example:
@@ -143,9 +145,16 @@ class ParetoTangentExplorer(MultiGradientDescent):
         if losses is None:  # no closure, or one that did its own backward (Lightning's)
             self._apply_pending()
             return None
-        losses = check_losses(losses, self.num_objectives, check_finite=self.check_finite)
+        losses = check_losses(losses, self.num_objectives, check_finite=False)
+        values = mean_across_ranks(losses.detach().to(self._device, torch.float32))
+        if self.check_finite and not bool(all_finite(values)):  # after the all-reduce: every rank alike
+            if self.nonfinite == "raise":
+                raise nonfinite_error(losses, values, world_size())
+            self._last_skipped = True  # nonfinite="skip": the exploration step moves nothing
+            return losses.detach()
+        self._last_skipped = False
         params = self._params()
-        direction = self._tangent(losses, params)
+        direction = self._tangent(losses, values, params)
         with torch.no_grad():
             for p, piece in zip(params, direction.split([p.numel() for p in params])):
                 p.add_(piece.view_as(p).to(p.dtype), alpha=-self.step_size)
@@ -156,7 +165,7 @@ class ParetoTangentExplorer(MultiGradientDescent):
             self._apply_pending()
         return losses.detach()
 
-    def _tangent(self, losses: Tensor, params: list[Tensor]) -> Tensor:
+    def _tangent(self, losses: Tensor, values: Tensor, params: list[Tensor]) -> Tensor:
         """The unit tangent direction :math:`v / \\|v\\|`, flattened over ``params`` (zeros if :math:`v = 0`)."""
         if not losses.requires_grad:
             raise ValueError("the closure's losses do not require grad: return them before .detach() or .item()")
@@ -167,7 +176,7 @@ class ParetoTangentExplorer(MultiGradientDescent):
             for root in _objective_roots(losses)
         ]
         jacobian = mean_across_ranks(torch.stack([torch.cat([g.detach().reshape(-1) for g in row]) for row in rows]))
-        alpha = self._solve(jacobian @ jacobian.T, mean_across_ranks(losses.detach().to(self._device, torch.float32)))
+        alpha = self._solve(jacobian @ jacobian.T, values)
         weights = alpha.to(jacobian.dtype)
         weighted = [sum(w * row[j] for w, row in zip(weights, rows)) for j in range(len(params))]
         sizes = [p.numel() for p in params]

@@ -233,3 +233,17 @@ def test_bad_input_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="features must be a tensor"):
         opt.backward(task_losses(model, 0), features=z.detach())
     assert all(p.grad is None for p in model.parameters())  # nothing was written by a refused call
+
+
+def test_a_skipped_step_drops_the_pending_moments():
+    model = TwoHeads()
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2, moments=(0.9, 0.99), nonfinite="skip", lr=1e-2)
+    before = flat_parameters(model)
+    opt.backward(task_losses(model, 0))
+    opt.backward(task_losses(model, 1) * float("nan"))  # accumulation with a bad batch: the step is skipped
+    opt.step()
+    assert opt.skipped and torch.equal(flat_parameters(model), before)
+    assert opt.state_dict()["torch_moo"]["state"]["moment_steps"] == 0
+    opt.backward(task_losses(model, 2))  # without zero_grad: the skipped step left nothing pending
+    opt.step()
+    assert not torch.equal(flat_parameters(model), before)

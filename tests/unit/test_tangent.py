@@ -230,3 +230,20 @@ def test_interpolate_states_keeps_integer_buffers_and_checks_input():
         interpolate_states([a, b], [1.0])
     with pytest.raises(ValueError, match="same keys"):
         interpolate_states([a, {"w": torch.tensor([1.0])}], [0.5, 0.5])
+
+
+def test_non_finite_losses_raise_or_skip_the_exploration_step_and_move_nothing():
+    for nonfinite in ("raise", "skip"):
+        x = on_cylinder(0.1, 0.0)
+        opt = ParetoTangentExplorer([x], num_objectives=2, nonfinite=nonfinite)
+        before = x.detach().clone()
+        bad = lambda: cylinder_problem(x) * torch.tensor([1.0, float("nan")], dtype=F64)  # noqa: E731
+        if nonfinite == "raise":
+            with pytest.raises(ValueError, match="losses must be finite"):
+                opt.step(bad)
+        else:
+            opt.step(bad)
+            assert opt.skipped
+        assert torch.equal(x.detach(), before)
+        opt.step(lambda: cylinder_problem(x))  # the next finite step explores as usual
+        assert not opt.skipped and not torch.equal(x.detach(), before)
