@@ -179,3 +179,53 @@ def test_explorer_ranks_agree_and_match_one_process_on_the_whole_batch():
     torch.testing.assert_close(v0, opt.tangent_solve.solution, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(p0, flat_parameters(model), rtol=1e-4, atol=1e-6)
     assert not torch.equal(p0, flat_parameters(TwoHeads()))  # it did move
+
+
+def _halves_losses(model, step, part=slice(None)):
+    x, y1, y2 = batch(step, size=64)
+    out1, out2 = model(x[part])
+    return torch.stack([(out1 - y1[part]).square().mean(), (out2 - y2[part]).square().mean()])
+
+
+def _train_with_masks(model, method, steps, part=slice(None)):
+    opt = _make(method, model.parameters())
+    sparse = SparsityController(opt, model=model, sparsity=0.5, regrow="gradient", update_every=2)
+    weights = []
+    for step in range(steps):
+        opt.zero_grad()
+        weights.append(opt.backward(_halves_losses(model, step, part)))
+        opt.step()
+    masks = torch.cat([m.flatten() for m in sparse.masks.values()])
+    return torch.stack(weights), opt.state_dict()["torch_moo"]["state"], masks
+
+
+def _halves_worker(rank: int, world_size: int, port: int, method: str, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        model = torch.nn.parallel.DistributedDataParallel(TwoHeads())
+        weights, state, masks = _train_with_masks(model, method, 6, slice(32 * rank, 32 * rank + 32))
+        results[rank] = (weights, state, masks, flat_parameters(model.module))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["ChebyshevALM", "MinMaxWeighting"])
+def test_loss_space_methods_with_masks_match_one_process_on_the_whole_batch(method):
+    # Exact by construction: the weights come from the all-reduced mean of the ranks' mean losses
+    # (the mean over the whole batch, halves being equal), DDP averages the gradients of the
+    # weighted sum, and the masks follow the averaged gradients and weights.
+    results = _spawn(_halves_worker, method)
+    (w0, s0, m0, p0), (w1, s1, m1, p1) = results[0], results[1]
+    assert torch.equal(w0, w1) and torch.equal(m0, m1) and torch.equal(p0, p1)
+    model = TwoHeads()
+    weights, state, masks = _train_with_masks(model, method, 6)
+    # Sums over 32 samples and then over two ranks against one sum over 64: float32
+    # reassociation, ~1e-7 relative per step, amplified a little by Adam's normalisation.
+    torch.testing.assert_close(w0, weights, rtol=1e-4, atol=1e-5)
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(s0[key], value, rtol=1e-4, atol=1e-5)
+    assert torch.equal(m0, masks)  # the same topology decisions
+    torch.testing.assert_close(p0, flat_parameters(model), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(w0[0], w0[-1]) and (masks == 0).any()
