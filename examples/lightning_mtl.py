@@ -11,14 +11,10 @@ optimization calls ``loss.backward()`` on one scalar, so the module uses manual 
 
     opt = self.optimizers()            # a LightningOptimizer around the ChebyshevALM
     opt.zero_grad()
-    opt.optimizer.backward(losses, scaler=...)   # the torch_moo optimizer itself, not the wrapper
+    opt.backward(losses, scaler=...)   # torch_moo's backward, through Lightning's wrapper
     opt.step()                         # Lightning's step: precision plugin, hooks, then ours
 
-``opt.optimizer`` matters: the :class:`~lightning.pytorch.core.optimizer.LightningOptimizer`
-wrapper inherits the torch_moo methods, but attributes they set (the losses recorded by
-``backward``, counters of ``outer_step``) would land on the wrapper, and ``opt.step()`` steps
-the real optimizer, which then finds no backward and raises. ``self.manual_backward`` is not
-used either: it calls ``loss.backward()`` and would scale the loss vector under ``16-mixed``.
+``self.manual_backward`` is not used: it calls ``loss.backward()`` and would scale the loss vector under ``16-mixed``.
 Under ``16-mixed`` the precision plugin's :class:`torch.amp.GradScaler` is passed to
 ``backward`` (:func:`grad_scaler`); Lightning unscales and steps with it. The controller is
 not something Lightning knows about: its masks travel in the checkpoint through
@@ -111,10 +107,10 @@ class MultiTaskModule(L.LightningModule):
         return [opt], [schedule]  # manual optimization: training_step steps the schedule
 
     def training_step(self, batch, batch_idx):
-        opt = self.optimizers()  # LightningOptimizer; opt.optimizer is the ChebyshevALM
+        opt = self.optimizers()  # LightningOptimizer around the ChebyshevALM
         opt.zero_grad()
         losses = task_losses(self.net, batch)
-        weights = opt.optimizer.backward(losses, scaler=grad_scaler(self.trainer))
+        weights = opt.backward(losses, scaler=grad_scaler(self.trainer))
         opt.step()  # the SparsityController's hooks run inside: masked weights are zero after it
         self.lr_schedulers().step()  # manual optimization: schedulers are stepped by the module
         self.log_dict({"ce_left": losses[0], "ce_right": losses[1], "weight_left": weights[0]}, prog_bar=True)

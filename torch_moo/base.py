@@ -278,6 +278,18 @@ class MultiObjectiveOptimizer(Optimizer):
             checked[key] = value
         return checked
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning's LightningOptimizer wraps an optimizer by becoming an instance of a subclass
+        # of its class that holds only ``_optimizer`` and reads every other attribute from it
+        # (``__getattr__``). Methods called through it would write the method's bookkeeping
+        # (what backward recorded, counters, beta) onto the wrapper, where the wrapped
+        # optimizer's step never sees it: such writes go to the wrapped optimizer instead.
+        wrapped = vars(self).get("_optimizer")
+        if isinstance(wrapped, MultiObjectiveOptimizer) and name in vars(wrapped):
+            setattr(wrapped, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer keeps only defaults, state and param_groups; the base and the method's state
         # must travel too (copy.deepcopy, pickling the whole optimizer).

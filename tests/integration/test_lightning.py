@@ -15,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "examples"))  # the example i
 import lightning_mtl as example  # noqa: E402
 from quickstart import TwoHeadCNN  # noqa: E402
 
+import torch_moo as tm  # noqa: E402
+from tests.helpers import TwoHeads, flat_parameters  # noqa: E402
+from tests.helpers import task_losses as two_losses  # noqa: E402
 from torch_moo.datasets import TwoDigits  # noqa: E402
 
 BATCH = 32
@@ -152,3 +155,31 @@ def test_bf16_mixed_precision_trains_with_exact_zeros():
     assert trainer.global_step == STEPS_PER_EPOCH  # the Recorder checked the masks after each step
     assert all(torch.isfinite(p).all() for p in module.parameters())
     assert recorder.steps[-1]["method"].keys() == recorder.steps[0]["method"].keys()
+
+
+@pytest.mark.parametrize(
+    "cls, options",
+    [
+        (tm.ChebyshevALM, dict(preference=[0.3, 0.7], outer_every=2)),
+        (tm.MinMaxWeighting, dict(update_every=1)),
+        (tm.MultiGradientDescent, dict(moments=(0.9, 0.99))),
+        (tm.ParetoTangentExplorer, dict(base=torch.optim.Adam)),
+    ],
+)
+def test_methods_called_through_lightnings_wrapper_reach_the_optimizer(cls, options):
+    # LightningOptimizer subclasses the optimizer's class and reads its attributes through
+    # __getattr__: what backward records must reach the optimizer that steps.
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    a, b = TwoHeads(), TwoHeads()
+    wrapped, plain = cls(a.parameters(), num_objectives=2, lr=1e-2, **options), cls(b.parameters(), num_objectives=2, lr=1e-2, **options)
+    wrapper = LightningOptimizer(wrapped)
+    for step in range(4):
+        wrapper.zero_grad()
+        wrapper.backward(two_losses(a, step))
+        wrapper.optimizer.step()  # what LightningOptimizer.step calls, without a Trainer's strategy
+        plain.zero_grad()
+        plain.backward(two_losses(b, step))
+        plain.step()
+    assert torch.equal(flat_parameters(a), flat_parameters(b))
+    assert not any(name in vars(wrapper) for name in vars(wrapped))  # nothing of the method's stayed on the wrapper
