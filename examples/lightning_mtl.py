@@ -46,17 +46,17 @@ HYPERPARAMETERS = {
 }
 
 
-def build(model: torch.nn.Module, hp: dict[str, Any]):
+def build(model: torch.nn.Module, hp: dict[str, Any], sparsity_state: dict | None = None):
     """The optimizer, its cosine schedule (per step) and the sparsity controller for ``model``.
 
-    ``hp`` overrides :data:`HYPERPARAMETERS`."""
+    ``hp`` overrides :data:`HYPERPARAMETERS`; ``sparsity_state`` is a saved controller state to resume from."""
     hp = {**HYPERPARAMETERS, **hp}
     opt = tm.ChebyshevALM(model.parameters(), num_objectives=2, preference=list(hp["preference"]),
                           penalty=hp["penalty"], outer_every=hp["outer_every"], lr=hp["lr"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp["total_steps"])
     sparse = tm.SparsityController(opt, model=model, sparsity=hp["sparsity"], regrow="exploration",
                                    update_every=hp["update_every"], stop_after=hp["total_steps"],
-                                   generator=torch.Generator().manual_seed(hp["seed"]))
+                                   generator=torch.Generator().manual_seed(hp["seed"]), state_dict=sparsity_state)
     return opt, schedule, sparse
 
 
@@ -95,15 +95,10 @@ class MultiTaskModule(L.LightningModule):
     def configure_optimizers(self):
         # On resume (fit(ckpt_path=...)) Lightning has already loaded the weights and called
         # on_load_checkpoint, and loads the optimizer and scheduler states after this method.
-        # A new controller masks the weights with its initial topology, so keep them, load the
-        # saved masks and put the weights back.
-        weights = None if self._saved_sparsity is None else [p.detach().clone() for p in self.net.parameters()]
-        opt, schedule, self.sparse = build(self.net, self.hparams)
-        if self._saved_sparsity is not None:
-            self.sparse.load_state_dict(self._saved_sparsity)
-            with torch.no_grad():
-                torch._foreach_copy_(list(self.net.parameters()), weights)
-            self._saved_sparsity = None
+        # The controller then starts from the saved masks, not a new topology that would prune
+        # the restored weights.
+        opt, schedule, self.sparse = build(self.net, self.hparams, self._saved_sparsity)
+        self._saved_sparsity = None
         return [opt], [schedule]  # manual optimization: training_step steps the schedule
 
     def training_step(self, batch, batch_idx):

@@ -329,3 +329,30 @@ def test_structured_masks_need_matrices_and_export_needs_the_model():
         SparsityController(opt, model=model, params=[model[0].bias], sparsity=0.5, structure="row")
     with pytest.raises(ValueError, match="export\\(\\) needs the model"):
         SparsityController(opt, sparsity=0.5).export()
+
+
+def test_a_controller_built_from_a_state_dict_keeps_restored_weights():
+    # Resuming where the weights are restored first (Lightning): the saved masks are the start,
+    # so no weight the checkpoint kept is pruned by a new random topology.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sparse = SparsityController(opt, model=model, sparsity=0.75, regrow="gradient", update_every=2,
+                                generator=torch.Generator().manual_seed(1))
+    for _ in range(5):
+        opt.zero_grad()
+        model(torch.randn(4, 8)).square().sum().backward()
+        opt.step()
+    saved, weights = sparse.state_dict(), copy.deepcopy(model.state_dict())
+    restored = copy.deepcopy(model)
+    restored.load_state_dict(weights)
+    resumed = SparsityController(torch.optim.Adam(restored.parameters(), lr=1e-2), model=restored, sparsity=0.75,
+                                 regrow="gradient", update_every=2, generator=torch.Generator().manual_seed(2),
+                                 state_dict=saved)
+    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), weights.values()))
+    assert all(torch.equal(a, b) for a, b in zip(resumed.masks.values(), sparse.masks.values()))
+    assert resumed.step_count == sparse.step_count
+    fresh = copy.deepcopy(model)
+    SparsityController(torch.optim.Adam(fresh.parameters(), lr=1e-2), model=fresh, sparsity=0.75, regrow="gradient",
+                       update_every=2, generator=torch.Generator().manual_seed(2))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), weights.values()))  # the trap it avoids

@@ -98,6 +98,10 @@ class SparsityController:
         threshold: prune after every step the units with magnitude at most this (pruning only).
         generator: the random generator of the initial topology and of random regrowth (on the
             parameters' device), saved in :meth:`state_dict`; default the global one.
+        state_dict: a :meth:`state_dict` to resume from: its masks are the starting topology
+            (:meth:`load_state_dict` at construction). Use it when the weights are restored
+            first (as Lightning does before ``configure_optimizers``): a controller built
+            without it masks them by a new topology, which loses the weights outside it.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
@@ -130,6 +134,7 @@ class SparsityController:
         exploration: float | None = None,
         threshold: float | None = None,
         generator: torch.Generator | None = None,
+        state_dict: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -174,7 +179,9 @@ class SparsityController:
         self._prepared = False
 
         self._active = self._counts(target)
-        if self.regrow is None:
+        if state_dict is not None:  # placeholders of the right shapes: load_state_dict replaces them
+            self._masks = [torch.ones(_unit_shape(p, self.structure), dtype=torch.bool, device=p.device) for p in self._params]
+        elif self.regrow is None:
             self._masks = [top_count(unit_norms(p, self.structure), count) for p, count in zip(self._params, self._active)]
         else:
             self._masks = [
@@ -182,8 +189,11 @@ class SparsityController:
                 for p, count in zip(self._params, self._active)
             ]
         self._active_updates = None if self.regrow is None else [torch.zeros_like(m, dtype=torch.int32) for m in self._masks]
-        self._masks = broadcast_from_first(self._masks)
-        self._apply_topology(previous=None)
+        if state_dict is None:
+            self._masks = broadcast_from_first(self._masks)
+            self._apply_topology(previous=None)
+        else:
+            self.load_state_dict(state_dict)
         self._handles = [
             self._optimizer.register_step_pre_hook(self._pre_step),
             self._optimizer.register_step_post_hook(self._post_step),
