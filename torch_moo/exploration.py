@@ -33,6 +33,10 @@ class ExploredPoint:
     """Index of the trade-off direction :math:`\\beta` (``-1`` for a starting model itself)."""
     step: int
     """Exploration steps taken from the start (0 for a starting model)."""
+    tangent_iterations: int | None = None
+    """MINRES iterations (Hessian-vector products) of the step that reached it (``None`` for a start)."""
+    tangent_residual: float | None = None
+    """That solve's relative residual (:attr:`~torch_moo.ParetoTangentExplorer.tangent_residual`)."""
 
 
 def _evaluate(model: nn.Module, losses: Callable[[nn.Module], Tensor]) -> Tensor:
@@ -40,9 +44,19 @@ def _evaluate(model: nn.Module, losses: Callable[[nn.Module], Tensor]) -> Tensor
         return torch.as_tensor(losses(model)).detach().to("cpu", torch.float64)
 
 
-def _point(model: nn.Module, losses: Callable[[nn.Module], Tensor], start: int, direction: int, step: int) -> ExploredPoint:
+def _point(
+    model: nn.Module,
+    losses: Callable[[nn.Module], Tensor],
+    start: int,
+    direction: int,
+    step: int,
+    opt: ParetoTangentExplorer | None = None,
+) -> ExploredPoint:
     state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    return ExploredPoint(_evaluate(model, losses), state, start, direction, step)
+    if opt is None:
+        return ExploredPoint(_evaluate(model, losses), state, start, direction, step)
+    solve, residual = opt.tangent_solve, opt.tangent_residual
+    return ExploredPoint(_evaluate(model, losses), state, start, direction, step, int(solve.iterations), float(residual))
 
 
 def explore(
@@ -101,7 +115,7 @@ def explore(
             opt = ParetoTangentExplorer(explorer_model.parameters(), num_objectives=k, beta=beta, **explorer_kwargs)
             for step in range(1, steps + 1):
                 opt.step(lambda: losses(explorer_model))
-                points.append(_point(explorer_model, losses, start, direction, step))
+                points.append(_point(explorer_model, losses, start, direction, step, opt))
     return points
 
 

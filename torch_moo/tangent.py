@@ -51,8 +51,7 @@ class ParetoTangentExplorer(MultiGradientDescent):
     way to reach a Pareto-stationary point first; ``opt.step(closure)`` is an exploration step.
     :attr:`stationarity` is :math:`\|\sum_i \alpha_i \nabla f_i\|^2` at the last gradient
     evaluation (the start of the last step, or its last correction), and :attr:`tangent_solve`
-    tells how well the last system was solved: its residual is absolute, to compare with
-    :math:`\|J^\top \beta\|`.
+    and :attr:`tangent_residual` tell how well the last system was solved.
 
     Under :mod:`torch.distributed` the Jacobian and every Hessian-vector product are averaged
     across ranks (one all-reduce per MINRES iteration), so every rank takes the same step.
@@ -83,6 +82,8 @@ class ParetoTangentExplorer(MultiGradientDescent):
         >>> _ = opt.step(losses)  # from the middle of the segment toward p_1
         >>> x.detach()
         tensor([ 0.4293, -0.4293])
+        >>> int(opt.tangent_solve.iterations), bool(opt.tangent_residual < 1e-6)  # H = 2 I: one Krylov step is exact
+        (1, True)
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class ParetoTangentExplorer(MultiGradientDescent):
         super().__init__(params, num_objectives=num_objectives, check_finite=check_finite, base=base, **base_kwargs)
         self.beta = torch.eye(num_objectives)[0] if beta is None else beta
         self._tangent_solve: MinresResult | None = None
+        self._tangent_rhs_norm: Tensor | None = None
 
     @property
     def beta(self) -> Tensor:
@@ -127,6 +129,14 @@ class ParetoTangentExplorer(MultiGradientDescent):
     def tangent_solve(self) -> MinresResult | None:
         """MINRES's ``(solution, residual_norm, iterations)`` at the last exploration step (``None`` before one)."""
         return self._tangent_solve
+
+    @property
+    def tangent_residual(self) -> Tensor | None:
+        r"""The last solve's relative residual :math:`\|J^\top\beta - (H + \delta I) v\| / \|J^\top\beta\|`
+        (MINRES's estimate; ``None`` before an exploration step)."""
+        if self._tangent_solve is None:
+            return None
+        return self._tangent_solve.residual_norm / torch.where(self._tangent_rhs_norm > 0, self._tangent_rhs_norm, 1.0)
 
     def step(self, closure: Callable[[], Losses] | None = None) -> Losses | None:  # type: ignore[override]
         """With a closure, one exploration step; without, the MGDA step of the last :meth:`backward`.
@@ -192,6 +202,7 @@ class ParetoTangentExplorer(MultiGradientDescent):
 
         rhs = self._beta.to(jacobian.dtype) @ jacobian
         self._tangent_solve = minres(hessian_times, rhs, shift=self.damping, tol=self.tol, max_iter=self.max_iter)
+        self._tangent_rhs_norm = torch.linalg.vector_norm(rhs)
         v = self._tangent_solve.solution
         # -v lowers beta^T f to first order where H is positive definite; elsewhere flip it so it does.
         sign = torch.where(rhs @ v < 0, -1.0, 1.0)

@@ -247,3 +247,14 @@ def test_non_finite_losses_raise_or_skip_the_exploration_step_and_move_nothing()
         assert torch.equal(x.detach(), before)
         opt.step(lambda: cylinder_problem(x))  # the next finite step explores as usual
         assert not opt.skipped and not torch.equal(x.detach(), before)
+
+
+def test_explored_points_carry_their_solve_statistics():
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    points = explore(model, quadratic_losses, steps=2, step_size=0.05, damping=0.0)
+    assert points[0].tangent_iterations is None and points[0].tangent_residual is None  # the start
+    for point in points[1:]:
+        # H = 2 I on a quadratic: MINRES is exact after one iteration (rounding only).
+        assert point.tangent_iterations == 1 and point.tangent_residual < 1e-12
