@@ -28,3 +28,12 @@ def test_quickstart_prints_the_comparison_table():
     for row in rows:
         digit, parity, sparsity = float(row[-3]), float(row[-2]), float(row[-1].rstrip("%"))
         assert 0 <= digit <= 1 and 0 <= parity <= 1 and 0 <= sparsity <= 100
+
+
+def test_pareto_exploration_stays_on_the_known_front_and_trades_the_tasks():
+    lines = smoke_run("pareto_exploration").stdout.splitlines()
+    distances = [float(line.rsplit("=", 1)[1]) for line in lines if "|f2 - (1 - f1^2)|" in line]
+    assert len(distances) == 4 and max(distances) < 1e-6  # the cylinder problem's true front
+    explored = [line for line in lines if line.strip().startswith("direction e")]
+    assert len(explored) == 4 and all("HVPs" in line for line in explored)
+    assert any(line.strip().endswith("are non-dominated") for line in lines)
