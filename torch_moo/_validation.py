@@ -106,12 +106,16 @@ def check_losses(losses: object, num_objectives: int, *, check_finite: bool) -> 
     return losses
 
 
+NONFINITE = ("raise", "skip", "propagate")
+"""The values of ``nonfinite``: what a torch_moo optimizer's ``backward`` does with NaN or infinite losses."""
+
+
 def check_nonfinite(check_finite: object, nonfinite: object) -> str:
     """The ``nonfinite`` mode from it and the older ``check_finite`` flag (``True``: ``"raise"``,
     ``False``: ``"propagate"``); ``nonfinite`` wins when given, but may not contradict ``check_finite=False``."""
     if nonfinite is None:
         return "raise" if check_finite else "propagate"
-    check_choice("nonfinite", nonfinite, ("raise", "skip", "propagate"))
+    check_choice("nonfinite", nonfinite, NONFINITE)
     if not check_finite and nonfinite != "propagate":
         raise ValueError(
             f"check_finite=False (nonfinite='propagate') contradicts nonfinite={nonfinite!r}: pass nonfinite alone"

@@ -9,15 +9,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_moo._validation import all_finite, check_count, check_losses, check_nonfinite, nonfinite_error
+from torch_moo._validation import NONFINITE, all_finite, check_count, check_losses, check_nonfinite, nonfinite_error
 from torch_moo.distributed import mean_across_ranks, world_size
 
 __all__ = ["MultiObjectiveOptimizer", "LossSpaceOptimizer", "NONFINITE"]
 
 Losses = Tensor | Sequence[Tensor | float]
 STATE_KEY = "torch_moo"
-NONFINITE = ("raise", "skip", "propagate")
-"""The values of ``nonfinite``: what :meth:`MultiObjectiveOptimizer.backward` does with NaN or infinite losses."""
 
 
 class MultiObjectiveOptimizer(Optimizer):
@@ -122,18 +120,8 @@ class MultiObjectiveOptimizer(Optimizer):
             TypeError: losses that are not a tensor or sequence of scalars, or not floating point.
             Nothing has changed when it raises.
         """
-        losses = check_losses(losses, self.num_objectives, check_finite=False)
-        if not losses.requires_grad:
-            raise ValueError(
-                "losses do not require grad: pass them before .detach() or .item() "
-                "(use weights(losses) to compute weights without a backward pass)"
-            )
-        values = mean_across_ranks(losses.detach().to(self._device, torch.float32))
-        # Checked after the all-reduce: a NaN on one rank makes the mean NaN on all of them, so
-        # every rank raises (or skips) together instead of one raising while the others wait.
-        if self.check_finite and not bool(all_finite(values)):
-            if self.nonfinite == "raise":
-                raise nonfinite_error(losses, values, world_size())
+        losses, values = self._loss_values(losses)
+        if values is None:
             return self._skip_backward(losses, scaler)
         weights = self._combine(losses, values, features=features, scaler=scaler, retain_graph=retain_graph)
         if self._pending_count == 0:
@@ -141,6 +129,26 @@ class MultiObjectiveOptimizer(Optimizer):
         self._pending_sum = values if self._pending_sum is None else self._pending_sum + values
         self._pending_count += 1
         return weights.to(losses.device)
+
+    def _loss_values(self, losses: Losses) -> tuple[Tensor, Tensor | None]:
+        """The checked loss vector and its float32 values averaged over the ranks; ``None`` values
+        when ``nonfinite="skip"`` skips them (``"raise"`` raises).
+
+        Checked after the all-reduce: a NaN on one rank makes the mean NaN on all of them, so
+        every rank raises (or skips) together instead of one raising while the others wait.
+        """
+        losses = check_losses(losses, self.num_objectives, check_finite=False)
+        if not losses.requires_grad:
+            raise ValueError(
+                "losses do not require grad: pass them before .detach() or .item() "
+                "(use weights(losses) to compute weights without a backward pass)"
+            )
+        values = mean_across_ranks(losses.detach().to(self._device, torch.float32))
+        if self.check_finite and not bool(all_finite(values)):
+            if self.nonfinite == "raise":
+                raise nonfinite_error(losses, values, world_size())
+            return losses, None
+        return losses, values
 
     def _skip_backward(self, losses: Tensor, scaler: torch.amp.GradScaler | None) -> Tensor:
         """Record a skipped backward (``nonfinite="skip"``): nothing reaches ``.grad``; zero weights."""
@@ -212,6 +220,7 @@ class MultiObjectiveOptimizer(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients (through the base optimizer) and the losses recorded by :meth:`backward`."""
         self.base.zero_grad(set_to_none)
+        self._discard_pending()
         self._reset_pending()
 
     # -------------------------------------------------------------------------- checkpoints
@@ -319,7 +328,8 @@ class MultiObjectiveOptimizer(Optimizer):
         raise NotImplementedError
 
     def _discard_pending(self) -> None:
-        """Drop what :meth:`backward` prepared for a step that non-finite losses skip (``nonfinite="skip"``)."""
+        """Drop what :meth:`backward` prepared for the next step, at :meth:`zero_grad` or when non-finite
+        losses skip that step (``nonfinite="skip"``)."""
 
     def _finite(self, values: Tensor) -> Tensor | None:
         """``None`` when :meth:`backward` has already rejected or skipped non-finite losses, else whether ``values`` are finite."""

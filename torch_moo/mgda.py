@@ -274,10 +274,6 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         return solved[0]
 
     # ------------------------------------------------------------------------------- state
-    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: D102 (documented on the base)
-        super().zero_grad(set_to_none)
-        self._pending_moments = None
-
     def _discard_pending(self) -> None:
         self._pending_moments = None
 

@@ -9,12 +9,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_moo._validation import all_finite, check_count, check_losses, check_real, check_vector, nonfinite_error
+from torch_moo._validation import check_count, check_real, check_vector
 from torch_moo.base import Losses
-from torch_moo.distributed import mean_across_ranks, world_size
+from torch_moo.distributed import mean_across_ranks
 from torch_moo.functional.curvature import hessian_vector_product
 from torch_moo.functional.krylov import MinresResult, minres
-from torch_moo.mgda import MultiGradientDescent, _objective_roots
+from torch_moo.mgda import MultiGradientDescent, _jacobian, _objective_roots
 
 __all__ = ["ParetoTangentExplorer"]
 
@@ -155,14 +155,10 @@ class ParetoTangentExplorer(MultiGradientDescent):
         if losses is None:  # no closure, or one that did its own backward (Lightning's)
             self._apply_pending()
             return None
-        losses = check_losses(losses, self.num_objectives, check_finite=False)
-        values = mean_across_ranks(losses.detach().to(self._device, torch.float32))
-        if self.check_finite and not bool(all_finite(values)):  # after the all-reduce: every rank alike
-            if self.nonfinite == "raise":
-                raise nonfinite_error(losses, values, world_size())
-            self._last_skipped = True  # nonfinite="skip": the exploration step moves nothing
+        losses, values = self._loss_values(losses)
+        self._last_skipped = values is None
+        if values is None:  # nonfinite="skip": the exploration step moves nothing
             return losses.detach()
-        self._last_skipped = False
         params = self._params()
         direction = self._tangent(losses, values, params)
         with torch.no_grad():
@@ -177,15 +173,13 @@ class ParetoTangentExplorer(MultiGradientDescent):
 
     def _tangent(self, losses: Tensor, values: Tensor, params: list[Tensor]) -> Tensor:
         """The unit tangent direction :math:`v / \\|v\\|`, flattened over ``params`` (zeros if :math:`v = 0`)."""
-        if not losses.requires_grad:
-            raise ValueError("the closure's losses do not require grad: return them before .detach() or .item()")
         rows = [
             tuple(torch.zeros_like(p) for p in params)
             if root is None
             else torch.autograd.grad(root, params, create_graph=True, allow_unused=True, materialize_grads=True)
             for root in _objective_roots(losses)
         ]
-        jacobian = mean_across_ranks(torch.stack([torch.cat([g.detach().reshape(-1) for g in row]) for row in rows]))
+        jacobian = mean_across_ranks(_jacobian([[g.detach() for g in row] for row in rows], params, range(len(params))))
         alpha = self._solve(jacobian @ jacobian.T, values)
         weights = alpha.to(jacobian.dtype)
         weighted = [sum(w * row[j] for w, row in zip(weights, rows)) for j in range(len(params))]

@@ -143,7 +143,8 @@ def test_mgda_ranks_agree_and_match_one_process_on_the_whole_batch(mode):
     assert not torch.equal(w0[0], w0[-1])  # the weights did move
 
 
-def _explorer_losses(model, step, part=slice(None)):
+def _part_losses(model, step, part=slice(None)):
+    """The two losses on ``part`` of a 64-sample batch (a rank's half, or all of it)."""
     x, y1, y2 = batch(step, size=64)
     out1, out2 = model(x[part])
     return torch.stack([(out1 - y1[part]).square().mean(), (out2 - y2[part]).square().mean()])
@@ -153,7 +154,7 @@ def _explore(model, steps, part=slice(None)):
     opt = ParetoTangentExplorer(model.parameters(), num_objectives=2, step_size=0.05, damping=0.1, max_iter=5,
                                 corrections=1, lr=1e-2)
     for step in range(steps):
-        opt.step(lambda step=step: _explorer_losses(model, step, part))
+        opt.step(lambda step=step: _part_losses(model, step, part))
     return opt
 
 
@@ -181,19 +182,13 @@ def test_explorer_ranks_agree_and_match_one_process_on_the_whole_batch():
     assert not torch.equal(p0, flat_parameters(TwoHeads()))  # it did move
 
 
-def _halves_losses(model, step, part=slice(None)):
-    x, y1, y2 = batch(step, size=64)
-    out1, out2 = model(x[part])
-    return torch.stack([(out1 - y1[part]).square().mean(), (out2 - y2[part]).square().mean()])
-
-
 def _train_with_masks(model, method, steps, part=slice(None)):
     opt = _make(method, model.parameters())
     sparse = SparsityController(opt, model=model, sparsity=0.5, regrow="gradient", update_every=2)
     weights = []
     for step in range(steps):
         opt.zero_grad()
-        weights.append(opt.backward(_halves_losses(model, step, part)))
+        weights.append(opt.backward(_part_losses(model, step, part)))
         opt.step()
     masks = torch.cat([m.flatten() for m in sparse.masks.values()])
     return torch.stack(weights), opt.state_dict()["torch_moo"]["state"], masks
@@ -216,7 +211,7 @@ def test_loss_space_methods_with_masks_match_one_process_on_the_whole_batch(meth
     # (the mean over the whole batch, halves being equal), DDP averages the gradients of the
     # weighted sum, and the masks follow the averaged gradients and weights.
     results = _spawn(_halves_worker, method)
-    (w0, s0, m0, p0), (w1, s1, m1, p1) = results[0], results[1]
+    (w0, s0, m0, p0), (w1, _, m1, p1) = results[0], results[1]
     assert torch.equal(w0, w1) and torch.equal(m0, m1) and torch.equal(p0, p1)
     model = TwoHeads()
     weights, state, masks = _train_with_masks(model, method, 6)

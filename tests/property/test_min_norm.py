@@ -189,7 +189,7 @@ def starts(draw, k):
 def test_warm_start_reaches_the_same_optimum(jacobian, data):
     gram = jacobian @ jacobian.T
     start = data.draw(starts(len(gram)))
-    (cold, cold_gap), (warm, warm_gap) = min_norm_weights(gram), min_norm_weights(gram, start=start)
+    (cold, _), (warm, warm_gap) = min_norm_weights(gram), min_norm_weights(gram, start=start)
     # Both runs stop at the exact minimiser (unique: the ridge makes the problem strictly convex),
     # so values and directions agree to the solver's stopping tolerance (TOL, D_TOL above).
     tol = TOL * scale_of(gram)
