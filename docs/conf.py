@@ -38,7 +38,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "examples_gallery",  # docs/_ext: shows every examples/*.py without running it
 ]
-exclude_patterns = ["_build", "_intersphinx", "_ext", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_generated", "_intersphinx", "_ext", "Thumbs.db", ".DS_Store"]
 default_role = "code"
 pygments_style = "sphinx"
 

@@ -63,7 +63,7 @@ def task_losses(model, images, left, right, pruning: bool) -> tuple[torch.Tensor
     z = model.trunk(images)
     tasks = (cross_entropy(model.left(z), left), cross_entropy(model.right(z), right))
     if pruning:
-        return z, torch.stack([tasks[0] + tasks[1], tm.objectives.l1(dense_weights(model))])
+        return z, torch.stack([tasks[0] + tasks[1], tm.objectives.l1(dense_weights(model), reduction="sum")])
     return z, torch.stack(tasks)
 
 

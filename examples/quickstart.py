@@ -119,8 +119,9 @@ def run(train_data, test_data, args, l1_weight: float | None) -> dict:
     else:
         preference = [l1_weight, (1 - l1_weight) / 2, (1 - l1_weight) / 2]
         name = "ChebyshevALM (" + ", ".join(f"{k:.3g}" for k in preference) + ")"
-        opt = tm.ChebyshevALM(
-            model.parameters(), num_objectives=3, preference=preference, penalty=args.penalty, lr=args.lr
+        opt = tm.ChebyshevALM(  # outer_every=None: train() updates the multipliers once per epoch
+            model.parameters(), num_objectives=3, preference=preference, penalty=args.penalty, outer_every=None,
+            lr=args.lr,
         )
     sparse = l1_weight is not None
     train(model, opt, train_data, epochs=args.epochs, batch_size=args.batch_size, sparse=sparse, name=name)

@@ -34,3 +34,20 @@ def task_losses(model: TwoHeads, step: int) -> torch.Tensor:
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+# The running sums between outer updates are float64 (torch_moo/_running.py); the rest is float32.
+FLOAT64_STATE = {"estimate_sum", "estimate_count", "loss_sum", "loss_count"}
+
+
+def state_dtype(key: str) -> torch.dtype:
+    """The dtype of the method-state entry ``key``."""
+    return torch.float64 if key in FLOAT64_STATE else torch.float32
+
+
+def train(model: TwoHeads, opt: torch.optim.Optimizer, steps: int, start: int = 0) -> None:
+    """``steps`` protocol steps (``zero_grad``, ``backward`` of :func:`task_losses`, ``step``) from batch ``start``."""
+    for step in range(start, start + steps):
+        opt.zero_grad()
+        opt.backward(task_losses(model, step))
+        opt.step()

@@ -3,6 +3,7 @@
 from torch_moo import datasets, exploration, functional, objectives, pareto, sparsity
 from torch_moo.base import LossSpaceOptimizer, MultiObjectiveOptimizer
 from torch_moo.chebyshev import ChebyshevALM
+from torch_moo.fixed import FixedWeighting
 from torch_moo.mgda import MultiGradientDescent
 from torch_moo.minmax import MinMaxWeighting
 from torch_moo.tangent import ParetoTangentExplorer
@@ -10,6 +11,7 @@ from torch_moo.sparsity import SparsityController
 
 __all__ = [
     "ChebyshevALM",
+    "FixedWeighting",
     "LossSpaceOptimizer",
     "MinMaxWeighting",
     "MultiGradientDescent",

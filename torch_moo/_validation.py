@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -72,6 +74,9 @@ def check_losses(losses: object, num_objectives: int, *, check_finite: bool) -> 
     """The loss vector as a 1-D floating tensor of length ``num_objectives``.
 
     A sequence is stacked; each entry must be a scalar (0-d or one-element) tensor or a number.
+    The stack lies on the device of the first tensor entry: tensors elsewhere are moved there
+    (differentiably) and numbers are placed there (on the CPU when every entry is a number), in
+    the tensor entries' promoted floating dtype (the default dtype when none is floating).
     ``check_finite`` costs one host synchronisation.
     """
     if isinstance(losses, Tensor):
@@ -80,21 +85,25 @@ def check_losses(losses: object, num_objectives: int, *, check_finite: bool) -> 
                 f"losses must be a 1-D tensor of {num_objectives} per-objective losses, got shape {tuple(losses.shape)}"
             )
     elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
-        entries = []
-        for index, loss in enumerate(losses):
+        entries = list(losses)
+        for index, loss in enumerate(entries):
             if isinstance(loss, Tensor):
                 if loss.numel() != 1:
                     raise ValueError(
                         f"losses[{index}] must be a scalar, got shape {tuple(loss.shape)} (reduce it, e.g. with .mean())"
                     )
-                entries.append(loss.reshape(()))
-            elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
-                entries.append(torch.tensor(float(loss)))
-            else:
+            elif isinstance(loss, bool) or not isinstance(loss, (int, float)):
                 raise TypeError(f"losses[{index}] must be a scalar tensor or a number, got {type(loss).__name__}")
         if not entries:
             raise ValueError(f"losses must hold {num_objectives} per-objective losses, got none")
-        losses = torch.stack(entries)
+        tensors = [loss for loss in entries if isinstance(loss, Tensor)]
+        device = tensors[0].device if tensors else None
+        floating = [t.dtype for t in tensors if t.is_floating_point()]
+        dtype = functools.reduce(torch.promote_types, floating) if floating else torch.get_default_dtype()
+        losses = torch.stack([
+            loss.reshape(()).to(device) if isinstance(loss, Tensor) else torch.tensor(float(loss), dtype=dtype, device=device)
+            for loss in entries
+        ])
     else:
         raise TypeError(f"losses must be a 1-D tensor or a sequence of scalars, got {type(losses).__name__}")
     if losses.numel() != num_objectives:
@@ -106,21 +115,9 @@ def check_losses(losses: object, num_objectives: int, *, check_finite: bool) -> 
     return losses
 
 
-NONFINITE = ("raise", "skip", "propagate")
+Nonfinite = Literal["raise", "skip", "propagate"]
+NONFINITE: tuple[str, ...] = ("raise", "skip", "propagate")
 """The values of ``nonfinite``: what a torch_moo optimizer's ``backward`` does with NaN or infinite losses."""
-
-
-def check_nonfinite(check_finite: object, nonfinite: object) -> str:
-    """The ``nonfinite`` mode from it and the older ``check_finite`` flag (``True``: ``"raise"``,
-    ``False``: ``"propagate"``); ``nonfinite`` wins when given, but may not contradict ``check_finite=False``."""
-    if nonfinite is None:
-        return "raise" if check_finite else "propagate"
-    check_choice("nonfinite", nonfinite, NONFINITE)
-    if not check_finite and nonfinite != "propagate":
-        raise ValueError(
-            f"check_finite=False (nonfinite='propagate') contradicts nonfinite={nonfinite!r}: pass nonfinite alone"
-        )
-    return nonfinite  # type: ignore[return-value]
 
 
 def nonfinite_error(losses: Tensor, mean: Tensor | None = None, ranks: int = 1) -> ValueError:
@@ -131,3 +128,76 @@ def nonfinite_error(losses: Tensor, mean: Tensor | None = None, ranks: int = 1) 
     return ValueError(
         message + " (nonfinite='skip' skips such steps; nonfinite='propagate' passes them to .grad, for a GradScaler)"
     )
+
+
+# ------------------------------------------------------------------------------ saved states
+# A load_state_dict checks every entry with these before it changes anything; each error names
+# the entry (``where``: its path in the state dict), the rule and the value.
+
+
+def describe(value: object) -> str:
+    """A short description of a saved value for an error message."""
+    if isinstance(value, Tensor):
+        small = value.numel() <= 8 and value.layout == torch.strided and value.device.type != "meta"
+        shown = value.tolist() if small else f"{value.numel()} entries"
+        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype} ({shown})"
+    if isinstance(value, Mapping):
+        return f"dict with keys {sorted(map(str, value))}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def check_saved_keys(where: str, saved: object, expected: set[str]) -> Mapping[str, Any]:
+    """A saved dict with exactly the keys ``expected``."""
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"{where} must be a dict with keys {sorted(expected)}, got {describe(saved)}")
+    missing, extra = sorted(expected - set(saved)), sorted(map(str, set(saved) - expected))
+    if missing:
+        raise ValueError(f"{where} must hold {sorted(expected)}: it lacks {missing}")
+    if extra:
+        raise ValueError(f"{where} must hold only {sorted(expected)}: it also holds {extra}")
+    return saved
+
+
+def check_saved_config(where: str, saved: object, current: Mapping[str, Any], owner: str) -> None:
+    """Raise unless the saved configuration equals ``current`` key by key (``"method"`` first)."""
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"{where} must be a dict of the settings it was saved with, got {describe(saved)}")
+    for key in sorted(set(current) | set(saved), key=lambda key: (key != "method", str(key))):
+        if key not in saved:
+            raise ValueError(f"{where} lacks {key!r} (this {owner} has {key}={current[key]!r})")
+        if key not in current:
+            raise ValueError(f"{where} holds {key!r}, a setting this {owner} does not have")
+        if not _same(saved[key], current[key]):
+            raise ValueError(f"state_dict was saved with {key}={saved[key]!r}, but this {owner} has {key}={current[key]!r}")
+
+
+def _same(saved: object, current: object) -> bool:
+    """Equality of plain values (numbers, strings, lists, tuples and dicts of them); a value whose
+    ``==`` is no bool (a tensor, an array) is unequal."""
+    try:
+        return type(saved) is type(current) and bool(saved == current)
+    except (RuntimeError, ValueError):  # the truth value of a tensor or array of several entries
+        return False
+
+
+def check_saved_count(where: str, value: object, below: int | None = None) -> int:
+    """A saved counter: a non-negative int, less than ``below`` when given."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (below is not None and value >= below):
+        rule = "a non-negative int" + ("" if below is None else f" below {below}")
+        raise ValueError(f"{where} must be {rule}, got {describe(value)}")
+    return value
+
+
+def check_saved_tensor(where: str, value: object, like: Tensor) -> Tensor:
+    """A saved real (floating-point or integer) tensor of ``like``'s shape, copied to ``like``'s dtype and device."""
+    if not isinstance(value, Tensor) or value.shape != like.shape:
+        raise ValueError(f"{where} must be a tensor of shape {tuple(like.shape)}, got {describe(value)}")
+    if value.dtype == torch.bool or value.is_complex() or value.layout != torch.strided:
+        raise ValueError(f"{where} must be a dense real tensor, got {value.layout} {value.dtype}")
+    return value.to(like.device, like.dtype, copy=True)
+
+
+def whole_numbers(values: Tensor) -> Tensor:
+    """Whether every entry is a finite non-negative whole number (a saved count), as a boolean scalar tensor."""
+    return (torch.isfinite(values) & (values >= 0) & (values == values.round())).all()

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_moo._validation import NONFINITE, all_finite, check_count, check_losses, check_nonfinite, nonfinite_error
+from torch_moo._base_optimizer import build_base
+from torch_moo._validation import (
+    NONFINITE,
+    Nonfinite,
+    all_finite,
+    check_choice,
+    check_count,
+    check_losses,
+    check_saved_config,
+    check_saved_count,
+    check_saved_keys,
+    check_saved_tensor,
+    describe,
+    nonfinite_error,
+)
 from torch_moo.distributed import mean_across_ranks, world_size
 
 __all__ = ["MultiObjectiveOptimizer", "LossSpaceOptimizer", "NONFINITE"]
@@ -34,11 +49,10 @@ class MultiObjectiveOptimizer(Optimizer):
     method's state update after the base step) and the hooks that save that state.
 
     Args:
-        params: parameters or parameter groups, as for any optimizer.
+        params: parameters or parameter groups, as for any optimizer; or an optimizer already
+            built (``MultiGradientDescent(torch.optim.Adam(model.parameters(), lr=1e-3),
+            num_objectives=2)``), which becomes the base.
         num_objectives: length of the loss vector.
-        check_finite: the older spelling of ``nonfinite``: ``True`` is ``"raise"``, ``False`` is
-            ``"propagate"``. ``nonfinite``, when given, takes precedence (``check_finite=False``
-            with ``nonfinite="raise"`` or ``"skip"`` is a contradiction and raises).
         nonfinite: what :meth:`backward` does when a loss is NaN or infinite (on any rank under
             :mod:`torch.distributed`: the check is made on the all-reduced losses, so every rank
             decides alike):
@@ -53,9 +67,13 @@ class MultiObjectiveOptimizer(Optimizer):
               :class:`torch.amp.GradScaler` skips the step) and never enter the method's state.
 
             ``"raise"`` and ``"skip"`` cost one host synchronisation per ``backward``.
-        base: the optimizer class that updates the parameters (one that needs a closure for
-            every step, such as :class:`torch.optim.LBFGS`, is not supported).
-        **base_kwargs: passed to ``base``.
+        base: the optimizer that updates the parameters: a class (default
+            :class:`torch.optim.Adam`), built on ``params`` with ``**base_kwargs``, or an instance
+            built on the same parameters. One whose ``step`` needs a closure every time (such as
+            :class:`torch.optim.LBFGS`) is refused: the combined gradient is written by
+            :meth:`backward`, not by a closure the base could re-evaluate.
+        **base_kwargs: passed to ``base`` (a class). A keyword that neither the method nor the
+            base takes is a :class:`TypeError` that names the closest keyword of either.
     """
 
     def __init__(
@@ -63,21 +81,18 @@ class MultiObjectiveOptimizer(Optimizer):
         params: Any,
         *,
         num_objectives: int,
-        check_finite: bool = True,
-        nonfinite: str | None = None,
-        base: type[Optimizer] = torch.optim.Adam,
+        nonfinite: Nonfinite = "raise",
+        base: type[Optimizer] | Optimizer | None = None,
         **base_kwargs: Any,
     ) -> None:
         self.num_objectives = check_count("num_objectives", num_objectives)
-        self.nonfinite = check_nonfinite(check_finite, nonfinite)
+        self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE)
         # True under "raise" and "skip": the losses that reach the method are finite.
-        self.check_finite = self.nonfinite != "propagate"
-        if not (isinstance(base, type) and issubclass(base, Optimizer)):
-            raise TypeError(f"base must be a torch.optim.Optimizer subclass, got {base!r}")
-        if issubclass(base, MultiObjectiveOptimizer):
-            raise TypeError(f"base must be a single-objective optimizer, got {base.__name__}")
-        self.base = base(params, **base_kwargs)
-        super().__init__(self.base.param_groups, self.base.defaults)
+        self._checks_finite = self.nonfinite != "propagate"
+        self.base = build_base(type(self), params, base, base_kwargs, default=self._default_base)
+        with warnings.catch_warnings():  # the base has warned of duplicate parameters already, as torch.optim does
+            warnings.filterwarnings("ignore", "optimizer contains a parameter group with duplicate parameters")
+            super().__init__(self.base.param_groups, self.base.defaults)
         self._share_base()
         first = self.param_groups[0]["params"][0]
         self._device = first.device
@@ -85,6 +100,9 @@ class MultiObjectiveOptimizer(Optimizer):
         self._pending_count = 0  # backward calls since the last step, skipped ones included
         self._pending_skip = False  # a backward since the last step skipped non-finite losses
         self._last_skipped = False  # the last step() was a no-op because of that
+
+    _default_base: type[Optimizer] = torch.optim.Adam
+    """The base optimizer class when ``base`` is not given."""
 
     def _share_base(self) -> None:
         self.param_groups = self.base.param_groups
@@ -104,7 +122,10 @@ class MultiObjectiveOptimizer(Optimizer):
 
         Args:
             losses: the per-objective losses, unscaled and not yet backwarded: a 1-D tensor of
-                length ``num_objectives`` or a sequence of scalars.
+                length ``num_objectives`` or a sequence of scalars. A sequence is stacked on
+                the device of its first tensor entry: entries on other devices are moved there
+                (autograd carries their gradients back) and Python numbers (constants) are
+                placed there in the entries' promoted floating dtype.
             features: the shared representation, used by gradient-space methods for their
                 representation-gradient mode; loss-space methods ignore it.
             scaler: a :class:`torch.amp.GradScaler`; the backward pass is scaled by it.
@@ -144,7 +165,7 @@ class MultiObjectiveOptimizer(Optimizer):
                 "(use weights(losses) to compute weights without a backward pass)"
             )
         values = mean_across_ranks(losses.detach().to(self._device, torch.float32))
-        if self.check_finite and not bool(all_finite(values)):
+        if self._checks_finite and not bool(all_finite(values)):
             if self.nonfinite == "raise":
                 raise nonfinite_error(losses, values, world_size())
             return losses, None
@@ -230,62 +251,143 @@ class MultiObjectiveOptimizer(Optimizer):
         state[STATE_KEY] = {"config": self._config(), "state": self._method_state()}
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a state dict from :meth:`state_dict` of an identically configured optimizer.
 
+        A load either succeeds entirely or changes nothing. Every entry is checked first: the
+        configuration, the parameter groups and the base optimizer's state (what
+        :meth:`torch.optim.Optimizer.load_state_dict` refuses, a hyperparameter of another kind, a
+        state tensor of another shape than this optimizer's), and each entry of the method's state
+        (type, shape, real dtype, its rule: a non-negative count, finite values, ...). Then the
+        base's part is loaded, where the base class may refuse it too (Adam's upgrade of an
+        older format, say), and only then the method's.
+
         Raises:
-            ValueError: the state dict lacks the method entry, was saved by another class, with
-                another configuration or for another number of parameters; nothing is changed then.
+            ValueError: naming the first bad entry (``state_dict['torch_moo']['state']['penalty']``,
+                ``state_dict['state'][3]['exp_avg']``, ...); nothing has changed then.
         """
+        method_state = self._check_state_dict(state_dict)
+        self._load_base_state({key: value for key, value in state_dict.items() if key != STATE_KEY})
+        self._load_method_state(method_state)
+        self._reset_pending()
+        self._last_skipped = False
+
+    def _load_base_state(self, state_dict: dict[str, Any]) -> None:
+        """Load the base optimizer's part; restore the base's state and groups if that raises.
+
+        Torch's load builds new state and group objects and leaves the old ones untouched (it only
+        rebinds ``state`` and ``param_groups``), so rebinding the old ones restores them.
+        """
+        previous = {"state": self.base.state, "param_groups": self.base.param_groups}
+        try:
+            super().load_state_dict(state_dict)
+            self.base.__setstate__({"state": self.state, "param_groups": self.param_groups})
+            for number, (group, before) in enumerate(zip(self.param_groups, previous["param_groups"])):
+                missing = sorted(map(str, set(before) - set(group)))
+                if missing:
+                    raise ValueError(f"state_dict['param_groups'][{number}] lacks {missing}, which {type(self.base).__name__} reads")
+        except Exception as error:
+            self.base.__dict__.update(previous)  # as Optimizer.__setstate__ does, without the base's own upgrades
+            self._share_base()
+            if isinstance(error, ValueError):
+                raise
+            raise ValueError(
+                f"{type(self.base).__name__} refuses state_dict's 'state' and 'param_groups': {type(error).__name__}: {error}"
+            ) from error
+        self._share_base()
+
+    def _check_state_dict(self, state_dict: object) -> dict[str, Any]:
+        """Check a whole state dict; the method's state, ready for :meth:`_load_method_state`."""
         name = type(self).__name__
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"state_dict must be a dict from {name}.state_dict(), got {describe(state_dict)}")
         if STATE_KEY not in state_dict:
             raise ValueError(
                 f"state_dict has no {STATE_KEY!r} entry: it was not saved by a torch_moo optimizer "
                 f"(load a plain optimizer's state into {name}.base instead)"
             )
-        saved = state_dict[STATE_KEY]
-        if not (isinstance(saved, dict) and {"config", "state"} <= set(saved)):
-            raise ValueError(f"state_dict[{STATE_KEY!r}] must hold 'config' and 'state', got {_describe(saved)}")
-        current = self._config()
-        for key in sorted(set(current) | set(saved["config"]), key=lambda key: (key != "method", key)):
-            if saved["config"].get(key) != current.get(key):
-                raise ValueError(
-                    f"state_dict was saved with {key}={saved['config'].get(key)!r}, "
-                    f"but this {name} has {key}={current.get(key)!r}"
-                )
-        saved_sizes = [len(group["params"]) for group in state_dict.get("param_groups", [])]
+        saved = check_saved_keys(f"state_dict[{STATE_KEY!r}]", state_dict[STATE_KEY], {"config", "state"})
+        check_saved_config(f"state_dict[{STATE_KEY!r}]['config']", saved["config"], self._config(), name)
+        self._check_base_state(state_dict)
+        return self._check_method_state(saved["state"])
+
+    def _check_base_state(self, state_dict: Mapping[str, Any]) -> None:
+        """What :meth:`torch.optim.Optimizer.load_state_dict` would refuse or fail the next step on."""
+        name = type(self).__name__
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"state_dict lacks {key!r}, which every optimizer's state_dict holds")
+        groups = state_dict["param_groups"]
+        if not (
+            isinstance(groups, (list, tuple))
+            and all(isinstance(group, Mapping) and isinstance(group.get("params"), (list, tuple)) for group in groups)
+        ):
+            raise ValueError(f"state_dict['param_groups'] must be a list of dicts with a 'params' list, got {describe(groups)}")
+        saved_sizes = [len(group["params"]) for group in groups]
         sizes = [len(group["params"]) for group in self.param_groups]
         if saved_sizes != sizes:
             raise ValueError(
                 f"state_dict was saved for parameter groups of {saved_sizes} parameters, "
                 f"but this {name} has groups of {sizes}"
             )
-        method_state = self._check_method_state(saved["state"])
-        super().load_state_dict({key: value for key, value in state_dict.items() if key != STATE_KEY})
-        self.base.__setstate__({"state": self.state, "param_groups": self.param_groups})
-        self._share_base()
-        self._load_method_state(method_state)
-        self._reset_pending()
-        self._last_skipped = False
-
-    def _check_method_state(self, saved: dict[str, Any]) -> dict[str, Any]:
-        """The saved method state as float32 tensors on this optimizer's device, shapes checked."""
-        current = self._method_state()
-        if set(saved) != set(current):
-            raise ValueError(
-                f"state_dict holds method state {sorted(saved)}, expected {sorted(current)} for {type(self).__name__}"
-            )
-        checked = {}
-        for key, value in saved.items():
-            if isinstance(current[key], Tensor):
-                if not isinstance(value, Tensor) or value.shape != current[key].shape:
-                    shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        params: dict[int, Tensor] = {}  # saved index -> parameter (a parameter listed twice keeps one index)
+        saved_ids = [index for group in groups for index in group["params"]]
+        for index, param in zip(saved_ids, (p for group in self.param_groups for p in group["params"])):
+            if not isinstance(index, int) or isinstance(index, bool) or params.setdefault(index, param) is not param:
+                raise ValueError(
+                    f"state_dict['param_groups'] must number each parameter with one int, got {[group['params'] for group in groups]}"
+                )
+        for number, (saved_group, group) in enumerate(zip(groups, self.param_groups)):
+            for key, value in group.items():
+                if key in saved_group and not _same_kind(saved_group[key], value):
                     raise ValueError(
-                        f"state_dict entry {key!r} has shape {shape}, expected {tuple(current[key].shape)}"
+                        f"state_dict['param_groups'][{number}][{key!r}] must be of the kind of {value!r}, "
+                        f"got {describe(saved_group[key])}"
                     )
-                value = value.to(self._device, torch.float32)
-            checked[key] = value
+        state = state_dict["state"]
+        if not isinstance(state, Mapping):
+            raise ValueError(f"state_dict['state'] must be a dict of per-parameter states, got {describe(state)}")
+        for index, saved_state in state.items():
+            if index not in params:
+                if isinstance(index, int):  # torch keeps other keys as they are (older formats)
+                    raise ValueError(f"state_dict['state'] holds parameter {index}, which no parameter group lists")
+                continue
+            if not isinstance(saved_state, Mapping):
+                raise ValueError(f"state_dict['state'][{index}] must be a dict, got {describe(saved_state)}")
+            current = self.state.get(params[index], {})
+            for key, value in saved_state.items():
+                like = current.get(key)
+                if isinstance(like, Tensor) and not (
+                    (isinstance(value, Tensor) and value.shape == like.shape)
+                    or (like.dim() == 0 and _is_real(value))  # a step saved as a number (older torch)
+                ):
+                    raise ValueError(
+                        f"state_dict['state'][{index}][{key!r}] must be a tensor of shape {tuple(like.shape)} "
+                        f"(as this {name}'s), got {describe(value)}"
+                    )
+
+    def _check_method_state(self, saved: object) -> dict[str, Any]:
+        """The saved method state, each entry checked against :meth:`_method_state`'s (a tensor of
+        its shape and a real dtype, copied to its dtype and device; an int a non-negative count),
+        then against the rules of :meth:`_state_rules`."""
+        where = f"state_dict[{STATE_KEY!r}]['state']"
+        current = self._method_state()
+        saved = check_saved_keys(where, saved, set(current))
+        checked = {
+            key: check_saved_tensor(f"{where}[{key!r}]", saved[key], like)
+            if isinstance(like, Tensor)
+            else check_saved_count(f"{where}[{key!r}]", saved[key])
+            for key, like in current.items()
+        }
+        for key, (holds, rule) in self._state_rules(checked).items():
+            if not bool(holds):
+                raise ValueError(f"{where}[{key!r}] must be {rule}, got {describe(checked[key])}")
         return checked
+
+    def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
+        """``{key: (holds, rule)}`` for a saved method state whose entries have the right types and
+        shapes: by default every tensor finite; subclasses add or replace rules."""
+        return {key: (torch.isfinite(value).all(), "finite") for key, value in state.items() if isinstance(value, Tensor)}
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning's LightningOptimizer wraps an optimizer by becoming an instance of a subclass
@@ -301,14 +403,19 @@ class MultiObjectiveOptimizer(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer keeps only defaults, state and param_groups; the base and the method's state
-        # must travel too (copy.deepcopy, pickling the whole optimizer).
-        return dict(self.__dict__)
+        # must travel too (copy.deepcopy, pickling the whole optimizer). The hooks stay behind, as
+        # torch.optim's own optimizers leave them: a copy is attached to nothing that hooked the
+        # original (a SparsityController copied along with it attaches its copy itself).
+        return {key: value for key, value in self.__dict__.items() if key not in _HOOKS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        super().__setstate__(state)  # empty hooks where state has none; step patched for profiling
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_objectives={self.num_objectives}, base={self.base!r})"
+        settings = {key: value for key, value in self._config().items() if key not in ("method", "base")}
+        settings["nonfinite"] = self.nonfinite
+        listed = ", ".join(f"{key}={value!r}" for key, value in settings.items())
+        return f"{type(self).__name__}({listed}, base={self.base!r})"
 
     # ---------------------------------------------------------------------- for subclasses
     def _combine(
@@ -333,7 +440,7 @@ class MultiObjectiveOptimizer(Optimizer):
 
     def _finite(self, values: Tensor) -> Tensor | None:
         """``None`` when :meth:`backward` has already rejected or skipped non-finite losses, else whether ``values`` are finite."""
-        return None if self.check_finite else all_finite(values)
+        return None if self._checks_finite else all_finite(values)
 
     def _config(self) -> dict[str, Any]:
         """Hyperparameters a saved state must agree with."""
@@ -352,7 +459,7 @@ class LossSpaceOptimizer(MultiObjectiveOptimizer):
 
     def weights(self, losses: Losses) -> Tensor:
         """The objective weights for these losses under the current state; pure (changes nothing)."""
-        losses = check_losses(losses, self.num_objectives, check_finite=self.check_finite)
+        losses = check_losses(losses, self.num_objectives, check_finite=self._checks_finite)
         with torch.no_grad():
             return self._weights(losses.detach().to(self._device, torch.float32)).to(losses.device)
 
@@ -366,5 +473,25 @@ class LossSpaceOptimizer(MultiObjectiveOptimizer):
         return weights
 
 
-def _describe(value: object) -> str:
-    return f"{type(value).__name__} with keys {sorted(map(str, value))}" if isinstance(value, dict) else type(value).__name__
+_HOOKS = frozenset(
+    f"_optimizer_{kind}_hooks"
+    for kind in ("step_pre", "step_post", "state_dict_pre", "state_dict_post", "load_state_dict_pre", "load_state_dict_post")
+)
+"""The attributes in which :class:`torch.optim.Optimizer` keeps its hooks (its ``__setstate__`` recreates them empty)."""
+
+
+def _same_kind(saved: object, current: object) -> bool:
+    """Whether a saved hyperparameter can stand where ``current`` does: a bool for a bool, a real
+    number for a number, a sequence of as many numbers for one (Adam's ``betas``); other kinds
+    (``None``, strings, tensors) are not checked."""
+    if isinstance(current, bool):
+        return isinstance(saved, bool)
+    if _is_real(current):
+        return _is_real(saved)
+    if isinstance(current, (list, tuple)) and all(map(_is_real, current)):
+        return isinstance(saved, (list, tuple)) and len(saved) == len(current) and all(map(_is_real, saved))
+    return True
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

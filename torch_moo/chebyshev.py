@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from torch_moo._running import RunningMean
-from torch_moo._validation import check_choice, check_count, check_real, check_vector
+from torch_moo._validation import Nonfinite, check_choice, check_count, check_real, check_vector, whole_numbers
 from torch_moo.base import LossSpaceOptimizer
 from torch_moo.functional.chebyshev import (
     MultiplierRule,
@@ -59,7 +59,10 @@ class ChebyshevALM(LossSpaceOptimizer):
     projection of :math:`\lambda`, weights may be negative) and
     :math:`\lambda \leftarrow \lambda + \mu \sum_{\text{steps}} c`; the authors used
     ``penalty=2.5e-8, penalty_growth=2`` with an outer update every 3 epochs. Their code leaves
-    :math:`t` to Adam; here it is minimised exactly in both modes.
+    :math:`t` to Adam; here it is minimised exactly in both modes, which keeps
+    :math:`\sum_i \lambda_i = 1` (:meth:`outer_step` holds it against rounding) and leaves the
+    rest of :math:`\lambda` as the authors' update makes it. The weights are then rescaled to
+    :math:`\sum_j |\omega_j| = 1` (see :func:`~torch_moo.functional.chebyshev_objective_weights`).
 
     Args:
         params: parameters or parameter groups.
@@ -71,9 +74,15 @@ class ChebyshevALM(LossSpaceOptimizer):
         penalty: initial :math:`\mu > 0`, in units of the weighted losses :math:`g`.
         penalty_growth: :math:`\rho \ge 1` applied at each outer update.
         max_penalty: cap on :math:`\mu`.
-        outer_every: steps between automatic outer updates; ``None``: only :meth:`outer_step`.
+        outer_every: steps between automatic outer updates (``None``: only on :meth:`outer_step`).
+            The default, 100, averages the multiplier estimate over 100 mini-batches and moves
+            the multipliers a few times per epoch; the paper updates once per ALM iteration (a
+            few epochs). Measured on the README's loop (3 epochs, 157 batches each, 3 seeds),
+            50-200 steps all match plain Adam's held-out accuracy; 1 follows the batch noise and
+            loses 0.01-0.03. With ``penalty_growth > 1`` choose it so that :math:`\mu` grows once
+            per pass over the data, or call :meth:`outer_step` per epoch with ``None``.
         multiplier_update: ``"phr"`` (default) or ``"reference"``.
-        check_finite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
+        nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -100,10 +109,10 @@ class ChebyshevALM(LossSpaceOptimizer):
         penalty: float = 1.0,
         penalty_growth: float = 1.0,
         max_penalty: float = 1e6,
-        outer_every: int | None = None,
+        outer_every: int | None = 100,
         multiplier_update: MultiplierRule = "phr",
-        check_finite: bool = True,
-        base: type[Optimizer] = torch.optim.Adam,
+        nonfinite: Nonfinite = "raise",
+        base: type[Optimizer] | Optimizer | None = None,
         **base_kwargs: Any,
     ) -> None:
         num_objectives = check_count("num_objectives", num_objectives)
@@ -120,7 +129,7 @@ class ChebyshevALM(LossSpaceOptimizer):
         self.max_penalty = check_real("max_penalty", max_penalty, minimum=penalty)
         self.outer_every = None if outer_every is None else check_count("outer_every", outer_every)
         self.multiplier_update = check_choice("multiplier_update", multiplier_update, ["phr", "reference"])
-        super().__init__(params, num_objectives=num_objectives, check_finite=check_finite, base=base, **base_kwargs)
+        super().__init__(params, num_objectives=num_objectives, nonfinite=nonfinite, base=base, **base_kwargs)
 
         device = self._device
         self.preference = (preference / preference.sum()).to(device)
@@ -152,13 +161,28 @@ class ChebyshevALM(LossSpaceOptimizer):
     def outer_step(self) -> None:  # its tensors never require grad: no graph is recorded
         r"""Update the multipliers and the penalty from the steps since the last outer update.
 
-        A no-op when no step with finite losses was taken since then.
+        A no-op when no step with finite losses was taken since then. The steps' estimates
+        :math:`\hat\lambda_s = \lambda + \mu\, c_s(t^*_s)` are summed in float64 (with
+        :math:`\mu \approx 10^{-8}` the change is below float32's resolution of
+        :math:`\lambda`). ``"phr"``: :math:`\lambda \leftarrow \max(0, \bar{\hat\lambda})`.
+        ``"reference"``: :math:`\lambda \leftarrow \lambda + \sum_s (\hat\lambda_s - \lambda)
+        = \lambda + \mu \sum_s c_s`, then shifted by a multiple of :math:`\mathbf 1` back onto
+        :math:`\sum_i \lambda_i = 1`. Each :math:`\hat\lambda_s` sums to one exactly at the
+        exact level (:func:`~torch_moo.functional.optimal_level`), so the update keeps
+        :math:`\sum_i \lambda_i = 1` in exact arithmetic and the shift only removes rounding;
+        but it maps :math:`\sum_i \lambda_i - 1` to :math:`(1 - n)(\sum_i \lambda_i - 1)` over
+        :math:`n` steps, so without it rounding would grow :math:`(n-1)`-fold per outer update.
+        The shift changes only the multiple of :math:`\mathbf 1` in :math:`\lambda`; the part
+        orthogonal to :math:`\mathbf 1`, on which neither the exact level nor the authors'
+        Adam-trained :math:`t` has any influence, is exactly the authors' update.
         """
         count = self._estimates.count
         if self.multiplier_update == "phr":
             updated = self._estimates.mean().clamp_min(0)
         else:
-            updated = self._multipliers + self._estimates.total - count * self._multipliers
+            current = self._multipliers.to(torch.float64)
+            updated = current + (self._estimates.total - count * current)
+            updated = updated + (1 - updated.sum()) / self.num_objectives
         taken = count > 0
         self._multipliers.copy_(torch.where(taken, updated, self._multipliers))
         grown = (self._penalty * self.penalty_growth).clamp_max(self.max_penalty)
@@ -169,6 +193,8 @@ class ChebyshevALM(LossSpaceOptimizer):
 
     # ------------------------------------------------------------------------ internals
     def _estimate(self, values: Tensor) -> Tensor:
+        """The multiplier estimate in float64 (the float32 state and values promote exactly)."""
+        values = values.to(torch.float64)
         reference = torch.minimum(self._ideal, values) if self.tracks_ideal else self._reference
         terms = chebyshev_terms(values, self.preference, reference, self.augmentation)
         return multiplier_estimate(terms, self._multipliers, self._penalty, self.multiplier_update)
@@ -177,7 +203,7 @@ class ChebyshevALM(LossSpaceOptimizer):
         estimate = self._estimate(values)
         self._last_estimate = (values, estimate)  # step() reuses it for the same values and state
         dual = estimate.clamp_min(0) if self.multiplier_update == "phr" else estimate
-        return chebyshev_objective_weights(dual, self.preference, self.augmentation)
+        return chebyshev_objective_weights(dual, self.preference, self.augmentation).to(values.dtype)
 
     def _advance(self, values: Tensor) -> None:
         cached_values, estimate = self._last_estimate
@@ -220,5 +246,26 @@ class ChebyshevALM(LossSpaceOptimizer):
         self._estimates.total.copy_(state["estimate_sum"])
         self._estimates.count.copy_(state["estimate_count"])
         self._ideal.copy_(state["ideal"])
-        self._since_outer = int(state["since_outer"])
+        self._since_outer = state["since_outer"]
         self._last_estimate = (None, None)
+
+    def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
+        multipliers, penalty, ideal = state["multipliers"], state["penalty"], state["ideal"]
+        finite = torch.isfinite(multipliers).all()
+        if self.multiplier_update == "phr":  # clamped at 0
+            multipliers_rule = (finite & (multipliers >= 0).all(), "finite and non-negative (multiplier_update='phr')")
+        else:  # kept on sum = 1 (outer_step); rounded to the dtype, entry by entry: 16x that rounding allowed
+            off = (multipliers.double().sum() - 1).abs()
+            tolerance = self.num_objectives * 2.0**-20 * multipliers.double().abs().sum().clamp_min(1)
+            multipliers_rule = (finite & (off <= tolerance), "finite and summing to 1 (multiplier_update='reference')")
+        return {
+            **super()._state_rules(state),
+            "multipliers": multipliers_rule,
+            "penalty": ((penalty > 0) & (penalty <= self.max_penalty), f"in (0, max_penalty={self.max_penalty}]"),
+            "estimate_count": (whole_numbers(state["estimate_count"]), "a non-negative whole number"),
+            "ideal": (((ideal == float("inf")) | torch.isfinite(ideal)).all(), "finite or +inf (no finite loss seen)"),
+            "since_outer": (
+                self.outer_every is None or state["since_outer"] < self.outer_every,
+                f"below outer_every={self.outer_every}",
+            ),
+        }

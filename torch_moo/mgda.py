@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.optim import Optimizer
 
-from torch_moo._validation import all_finite, check_choice, check_real
+from torch_moo._validation import Nonfinite, all_finite, check_choice, check_real, whole_numbers
 from torch_moo.base import MultiObjectiveOptimizer
 from torch_moo.distributed import mean_across_ranks, means_across_ranks
-from torch_moo.functional.mgda import NORMALIZATIONS, Normalization, normalized_gram
+from torch_moo.functional._scale import power_of_two
+from torch_moo.functional.mgda import NORMALIZATIONS, Normalization, _gram_float64, _scale_to_unit_, _unit_gram, normalized_gram
 from torch_moo.functional.min_norm import min_norm_weights
 
 __all__ = ["MultiGradientDescent"]
 
+HeadGradient = Literal["own", "weighted"]
+HEAD_GRADIENTS: tuple[str, ...] = ("own", "weighted")
 _MOMENT_EPS = 1e-8  # Adam's epsilon in the per-objective moments' denominator
 
 
@@ -48,7 +51,10 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
     * ``opt.backward(losses)``: the gradients over every parameter, one backward pass per
       objective (``torch.autograd.grad``). A parameter that two or more objectives reach is
       shared and gets :math:`d`; one that a single objective reaches (a task head) gets that
-      objective's own gradient, as in MGDA; one that none reaches keeps its ``.grad``.
+      objective's own gradient, as in MGDA (``heads="weighted"``: :math:`\alpha_i` times it);
+      one that none reaches keeps its ``.grad``. A parameter listed twice counts once. Sparse
+      gradients (``nn.Embedding(sparse=True)``) are densified, so ``.grad`` is dense: use a
+      base that takes dense gradients (not :class:`torch.optim.SparseAdam`).
     * ``opt.backward(losses, features=z)``: MGDA-UB, the cheap mode. :math:`g_i` is the
       gradient with respect to the shared representation ``z``, and one backward pass of
       :math:`\sum_i L_i` runs with its gradient at ``z`` replaced by
@@ -84,7 +90,13 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
             ``"none"``, ``"l2"`` (by :math:`\|g_i\|`), ``"loss"`` (by :math:`L_i`) or
             ``"loss+"`` (by :math:`L_i \|g_i\|`); the last two need positive losses.
         moments: ``(beta1, beta2)`` for per-objective Adam moments, or ``None``.
-        check_finite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
+        heads: what a parameter that one objective alone reaches (a task head) receives:
+            ``"own"`` (default), that objective's gradient :math:`g_i`, the update of
+            Algorithm 2 of Sener & Koltun, which keeps each head's step independent of how
+            much weight its task gets in the shared direction; or ``"weighted"``,
+            :math:`\alpha_i g_i`, as their code does (it back-propagates
+            :math:`\sum_i \alpha_i L_i`), which slows the heads of tasks with small weight.
+        nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
 
     Example:
         >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(torch.nn.Linear(8, 1) for _ in range(2))
@@ -108,8 +120,9 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         num_objectives: int,
         normalization: Normalization = "none",
         moments: tuple[float, float] | None = None,
-        check_finite: bool = True,
-        base: type[Optimizer] = torch.optim.Adam,
+        heads: HeadGradient = "own",
+        nonfinite: Nonfinite = "raise",
+        base: type[Optimizer] | Optimizer | None = None,
         **base_kwargs: Any,
     ) -> None:
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
@@ -121,9 +134,10 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
                     raise ValueError(f"moments {name} must be in [0, 1), got {beta}")
             moments = (float(moments[0]), float(moments[1]))
         self.moments = moments
-        super().__init__(params, num_objectives=num_objectives, check_finite=check_finite, base=base, **base_kwargs)
-        self._stationarity = torch.zeros((), device=self._device)
-        self._gap = torch.zeros((), device=self._device)
+        self.heads = check_choice("heads", heads, HEAD_GRADIENTS)
+        super().__init__(params, num_objectives=num_objectives, nonfinite=nonfinite, base=base, **base_kwargs)
+        self._stationarity = torch.zeros((), dtype=torch.float64, device=self._device)
+        self._gap = torch.zeros((), dtype=torch.float64, device=self._device)
         size = sum(p.numel() for p in self._params()) if moments else 0
         self._moment_steps = torch.zeros((), device=self._device)
         self._exp_avg = torch.zeros(num_objectives if moments else 0, size, device=self._device)
@@ -135,20 +149,25 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
     def stationarity(self) -> Tensor:
         r""":math:`\|\sum_i \alpha_i g_i\|^2` at the last :meth:`backward`, over the shared parameters
         (or the features): the KKT residual of Pareto stationarity, 0 exactly at a
-        Pareto-stationary point (with ``normalization="none"``; else of the normalised gradients)."""
+        Pareto-stationary point (with ``normalization="none"``; else of the normalised gradients).
+        A float64 scalar: it is the square of the gradients' scale, which float32 cannot hold
+        for gradients above about :math:`10^{19}` or below :math:`10^{-19}`."""
         return self._stationarity.clone()
 
     @property
     def gap(self) -> Tensor:
-        """The min-norm solver's duality gap at the last :meth:`backward` (0 at the exact solution)."""
+        """The min-norm solver's duality gap at the last :meth:`backward` (0 at the exact solution),
+        for the normalised Gram matrix; a float64 scalar, as :attr:`stationarity`."""
         return self._gap.clone()
 
     # ----------------------------------------------------------------------------- combine
     def _params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+        """The parameters that require grad, each once (the first occurrence's order): a parameter
+        listed twice (torch.optim warns) gets its gradient computed and written once."""
+        return list({id(p): p for group in self.param_groups for p in group["params"] if p.requires_grad}.values())
 
     def _combine(self, losses, values, *, features, scaler, retain_graph):  # noqa: D102 (documented on the base)
-        if self.normalization in ("loss", "loss+") and self.check_finite and not bool((values > 0).all()):
+        if self.normalization in ("loss", "loss+") and self._checks_finite and not bool((values > 0).all()):
             raise ValueError(f"normalization={self.normalization!r} needs positive losses, got {values.tolist()}")
         seed = losses.new_ones(())
         if scaler is not None:
@@ -159,10 +178,13 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
             raise ValueError("moments need the per-parameter gradients: call backward(losses) without features")
         return self._combine_features(losses, seed, values, features, retain_graph)
 
-    def _solve(self, gram: Tensor, values: Tensor) -> Tensor:
+    def _solve(self, gram: Tensor, values: Tensor, dtype: torch.dtype) -> Tensor:
+        """The weights, in ``dtype`` (the gradients'), from the float64 Gram matrix of :func:`_gram_float64`."""
         alpha, self._gap = min_norm_weights(normalized_gram(gram, values, self.normalization), start=self._previous_alpha)
+        alpha = alpha.to(dtype)
         self._previous_alpha = alpha
-        self._stationarity = alpha @ gram @ alpha
+        applied = alpha.to(gram.dtype)
+        self._stationarity = applied @ gram @ applied
         return alpha
 
     def _combine_parameters(self, roots: list, seed: Tensor, values: Tensor, retain_graph: bool, scaled: bool) -> Tensor:
@@ -176,10 +198,16 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         own = [j for j in range(len(params)) if len(reach[j]) == 1]
         jacobian = _jacobian(rows, params, shared)
         jacobian, *own_grads = means_across_ranks([jacobian, *(rows[reach[j][0]][j] for j in own)])
-        alpha = self._solve(jacobian @ jacobian.T, values)
-        _accumulate([params[j] for j in shared], (alpha.to(jacobian.dtype) @ jacobian).split([params[j].numel() for j in shared]))
-        _accumulate([params[j] for j in own], own_grads)
+        alpha, direction = self._combined(jacobian, values)
+        _accumulate([params[j] for j in shared], direction.split([params[j].numel() for j in shared]))
+        _accumulate([params[j] for j in own], self._head_gradients(alpha, [reach[j][0] for j in own], own_grads))
         return alpha
+
+    def _head_gradients(self, alpha: Tensor, owners: Sequence[int], grads: Sequence[Tensor]) -> list[Tensor]:
+        """The gradients of parameters that one objective reaches: their own, or ``alpha`` times it (``heads="weighted"``)."""
+        if self.heads == "own":
+            return list(grads)
+        return [alpha[i].to(g.dtype) * g for i, g in zip(owners, grads)]
 
     def _combine_moments(
         self, params: list[Tensor], rows, reach: list[list[int]], values: Tensor, scale: Tensor | None
@@ -204,13 +232,15 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         directions = (exp_avg / (1 - beta1**t)) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + _MOMENT_EPS)
         columns = list(zip(params, directions.split([p.numel() for p in params], dim=1)))
         shared = [piece for (p, piece), objectives in zip(columns, reach) if len(objectives) > 1]
-        k = self.num_objectives
-        alpha = self._solve(sum((piece @ piece.T for piece in shared), directions.new_zeros(k, k)), values)
+        alpha = self._solve(_gram_float64(shared or [directions[:, :0]]), values, directions.dtype)
         # shared entries: sum_i alpha_i u_i; an entry one objective reaches: that objective's u_i
         weights = alpha.to(directions.dtype)
         for (p, piece), objectives in zip(columns, reach):
             if objectives:
-                direction = weights @ piece if len(objectives) > 1 else piece[objectives[0]]
+                if len(objectives) > 1:
+                    direction = weights @ piece
+                else:
+                    (direction,) = self._head_gradients(alpha, objectives, [piece[objectives[0]]])
                 _accumulate([p], [direction if scale is None else direction * scale])
         return alpha
 
@@ -221,7 +251,9 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         if not features or not all(isinstance(f, Tensor) and f.requires_grad for f in features):
             raise ValueError("features must be a tensor (or a sequence of tensors) that requires grad: the shared representation")
         roots = _objective_roots(losses)
-        consumers = _feature_consumers(roots, features[0]) if len(features) == 1 else None
+        # heads="weighted" needs alpha before the heads' backward: the per-objective passes first
+        single = len(features) == 1 and self.heads == "own"
+        consumers = _feature_consumers(roots, features[0]) if single else None
         if consumers is None:
             rows = [_gradients(root, features, seed, True) for root in roots]
             _check_reached([any(g is not None for g in row) for row in rows])
@@ -232,16 +264,27 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
     def _features_gradient(self, rows: Sequence[Sequence[Tensor | None]], features: Sequence[Tensor], values: Tensor) -> tuple[Tensor, list[Tensor]]:
         """MGDA-UB's weights from the objectives' feature gradients ``rows``, and the combined gradient per feature tensor."""
         jacobian = _jacobian(rows, features, range(len(features)))
-        alpha = self._solve(mean_across_ranks(jacobian @ jacobian.T), values)
-        pieces = (alpha.to(jacobian.dtype) @ jacobian).split([f.numel() for f in features])
+        alpha, direction = self._combined(jacobian, values, reduce_gram=True)
+        pieces = direction.split([f.numel() for f in features])
         return alpha, [piece.view_as(f) for piece, f in zip(pieces, features)]
+
+    def _combined(self, jacobian: Tensor, values: Tensor, reduce_gram: bool = False) -> tuple[Tensor, Tensor]:
+        r"""The weights :math:`\alpha` and :math:`d = \sum_i \alpha_i g_i` from the Jacobian, which the
+        caller hands over: it is scaled in place by a power of two (exact; no copy), so that the Gram
+        matrix neither overflows nor underflows. ``reduce_gram`` averages the Gram matrix across
+        ranks (the representation mode)."""
+        exponent = _scale_to_unit_(jacobian)
+        gram = _unit_gram([jacobian], exponent)
+        alpha = self._solve(mean_across_ranks(gram) if reduce_gram else gram, values, jacobian.dtype)
+        return alpha, (alpha.to(jacobian.dtype) @ jacobian) * power_of_two(exponent, jacobian)
 
     def _backward_with_features(self, losses, seed, values, features, retain_graph, rows) -> Tensor:
         """One backward pass of the summed losses whose gradient at the features is replaced (tensor hooks)."""
         alpha, pieces = self._features_gradient(rows, features, values)
         handles = [f.register_hook(lambda _, piece=piece: piece) for f, piece in zip(features, pieces)]
+        total = losses.sum() if self.heads == "own" else alpha.to(losses.device, losses.dtype) @ losses
         try:
-            losses.sum().backward(seed, retain_graph=retain_graph)
+            total.backward(seed, retain_graph=retain_graph)
         finally:
             for handle in handles:
                 handle.remove()
@@ -288,7 +331,7 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         self._moment_steps += finite
 
     def _config(self) -> dict[str, Any]:
-        return {**super()._config(), "normalization": self.normalization, "moments": self.moments}
+        return {**super()._config(), "normalization": self.normalization, "moments": self.moments, "heads": self.heads}
 
     def _method_state(self) -> dict[str, Any]:
         return {
@@ -302,6 +345,14 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         self._exp_avg.copy_(state["exp_avg"])
         self._exp_avg_sq.copy_(state["exp_avg_sq"])
         self._pending_moments = None
+
+    def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
+        second = state["exp_avg_sq"]
+        return {
+            **super()._state_rules(state),
+            "moment_steps": (whole_numbers(state["moment_steps"]), "a non-negative whole number"),
+            "exp_avg_sq": ((torch.isfinite(second) & (second >= 0)).all(), "finite and non-negative"),
+        }
 
 
 def _objective_roots(losses: Tensor) -> list[Tensor | GradientEdge | None]:
@@ -364,10 +415,17 @@ def _feature_consumers(roots: Sequence[Tensor | GradientEdge | None], feature: T
 
 
 def _gradients(root: Tensor | GradientEdge | None, inputs: Sequence[Tensor], seed: Tensor, retain_graph: bool) -> tuple:
-    """The gradient of one objective (``seed`` times it) with respect to ``inputs``; ``None`` where it does not reach."""
+    """The gradient of one objective (``seed`` times it) with respect to ``inputs``; ``None`` where it
+    does not reach; dense where autograd gives a sparse one (``nn.Embedding(sparse=True)``)."""
     if root is None:
         return (None,) * len(inputs)
-    return torch.autograd.grad(root, inputs, grad_outputs=seed, retain_graph=retain_graph, allow_unused=True)
+    grads = torch.autograd.grad(root, inputs, grad_outputs=seed, retain_graph=retain_graph, allow_unused=True)
+    return tuple(None if g is None else _strided(g) for g in grads)
+
+
+def _strided(tensor: Tensor) -> Tensor:
+    """``tensor`` in the dense (strided) layout; a sparse COO one with its duplicate entries summed."""
+    return tensor if tensor.layout == torch.strided else tensor.to_dense()
 
 
 def _jacobian(rows: Sequence[Sequence[Tensor | None]], tensors: Sequence[Tensor], indices: Sequence[int]) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from torch_moo._running import RunningMean
-from torch_moo._validation import check_choice, check_count, check_real
+from torch_moo._validation import Nonfinite, check_choice, check_count, check_real, whole_numbers
 from torch_moo.base import LossSpaceOptimizer
 from torch_moo.functional.simplex import project_simplex
 
@@ -40,7 +40,8 @@ class MinMaxWeighting(LossSpaceOptimizer):
       at rate :math:`|1 - \eta\gamma|` (in one step when :math:`\eta\gamma = 1`), and it can
       set a weight exactly to zero.
     * ``ascent="mirror"``: exponentiated gradient, :math:`w \leftarrow w \odot e^{\eta \nabla\phi} / Z`.
-      Weights stay positive and move multiplicatively, which suits many tasks with skewed
+      Weights stay positive (one that would underflow is kept at the smallest normal float,
+      so that it can recover) and move multiplicatively, which suits many tasks with skewed
       weights (its regret grows with :math:`\log K`, not :math:`\sqrt K`); with few tasks or
       when a task should be switched off entirely, prefer the projection.
 
@@ -56,7 +57,7 @@ class MinMaxWeighting(LossSpaceOptimizer):
             required for the projected ascent to converge.
         update_every: steps between weight updates; ``None``: only :meth:`update_weights`.
         ascent: ``"projected"`` or ``"mirror"``.
-        check_finite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
+        nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -81,8 +82,8 @@ class MinMaxWeighting(LossSpaceOptimizer):
         ascent_step: float = 0.1,
         update_every: int | None = 1,
         ascent: AscentRule = "projected",
-        check_finite: bool = True,
-        base: type[Optimizer] = torch.optim.Adam,
+        nonfinite: Nonfinite = "raise",
+        base: type[Optimizer] | Optimizer | None = None,
         **base_kwargs: Any,
     ) -> None:
         num_objectives = check_count("num_objectives", num_objectives)
@@ -94,7 +95,7 @@ class MinMaxWeighting(LossSpaceOptimizer):
             )
         self.update_every = None if update_every is None else check_count("update_every", update_every)
         self.ascent = check_choice("ascent", ascent, ["projected", "mirror"])
-        super().__init__(params, num_objectives=num_objectives, check_finite=check_finite, base=base, **base_kwargs)
+        super().__init__(params, num_objectives=num_objectives, nonfinite=nonfinite, base=base, **base_kwargs)
         device = self._device
         self._task_weights = torch.full((num_objectives,), 1.0 / num_objectives, device=device)
         self._losses = RunningMean(num_objectives, device)
@@ -114,7 +115,10 @@ class MinMaxWeighting(LossSpaceOptimizer):
         if self.ascent == "projected":
             updated = project_simplex(self._task_weights + self.ascent_step * ascent)
         else:
+            # kept >= the smallest normal number: a weight that underflowed to 0 (log 0 = -inf)
+            # would switch its task off for good, where exact arithmetic only makes it small
             updated = torch.softmax(self._task_weights.log() + self.ascent_step * ascent, dim=-1)
+            updated = updated.clamp_min(torch.finfo(self._task_weights.dtype).tiny)
         self._task_weights.copy_(torch.where(self._losses.count > 0, updated, self._task_weights))
         self._losses.reset()
         self._since_update = 0
@@ -149,4 +153,22 @@ class MinMaxWeighting(LossSpaceOptimizer):
         self._task_weights.copy_(state["task_weights"])
         self._losses.total.copy_(state["loss_sum"])
         self._losses.count.copy_(state["loss_count"])
-        self._since_update = int(state["since_update"])
+        self._since_update = state["since_update"]
+
+    def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
+        weights = state["task_weights"]
+        # k float32 entries of the simplex, each rounded by at most 2^-24, sum to within k * 2^-24 of 1; 16x that is allowed
+        on_simplex = torch.isfinite(weights).all() & ((weights.double().sum() - 1).abs() <= self.num_objectives * 2.0**-20)
+        if self.ascent == "mirror":  # the mirror step takes the weights' log
+            weights_rule = (on_simplex & (weights > 0).all(), "positive and summing to 1 (ascent='mirror')")
+        else:
+            weights_rule = (on_simplex & (weights >= 0).all(), "non-negative and summing to 1")
+        return {
+            **super()._state_rules(state),
+            "task_weights": weights_rule,
+            "loss_count": (whole_numbers(state["loss_count"]), "a non-negative whole number"),
+            "since_update": (
+                self.update_every is None or state["since_update"] < self.update_every,
+                f"below update_every={self.update_every}",
+            ),
+        }

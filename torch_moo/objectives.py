@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from torch_moo._layout import DENSE, parameter_layouts, unit_axis, units_first
 from torch_moo._validation import check_choice, check_real
 
 __all__ = ["ReweightedL1", "group_l2", "growl", "l1", "sparsifiable_parameters"]
@@ -16,8 +17,8 @@ __all__ = ["ReweightedL1", "group_l2", "growl", "l1", "sparsifiable_parameters"]
 Reduction = Literal["sum", "mean"]
 Structure = Literal["row", "column"]
 
-#: The dimension that indexes the groups: a Linear's output/input neuron, a conv's output/input channel.
-_GROUP_AXIS = {"row": 0, "column": 1}
+#: The groups: output or input neurons and channels (see :func:`group_l2`).
+_STRUCTURES = ("row", "column")
 
 
 def sparsifiable_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -52,15 +53,20 @@ def _reduce(total: Tensor, reduction: str, count: int) -> Tensor:
     return total / count if reduction == "mean" else total
 
 
-def l1(params_or_module: nn.Module | Tensor | Iterable[Tensor], *, reduction: Reduction = "sum") -> Tensor:
-    r"""The :math:`\ell_1` norm of the weights, :math:`\sum_l \|W_l\|_1`, as a differentiable objective.
+def l1(params_or_module: nn.Module | Tensor | Iterable[Tensor], *, reduction: Reduction = "mean") -> Tensor:
+    r"""The mean absolute weight :math:`\frac1N \sum_l \|W_l\|_1` (:math:`N` entries), or the :math:`\ell_1`
+    norm :math:`\sum_l \|W_l\|_1`, as a differentiable objective.
 
     Reiners, Klamroth & Stiglmayr, arXiv:2008.13590 (cross-entropy vs :math:`\ell_1`).
 
     Args:
         params_or_module: a module (its weight matrices and kernels, see
             :func:`sparsifiable_parameters`), a tensor, or an iterable of tensors (all of them).
-        reduction: ``"sum"`` for the norm, ``"mean"`` to divide by the number of entries.
+        reduction: ``"mean"`` (the default) divides by the number of entries: a few hundredths
+            for a PyTorch-initialised network whatever its size, the scale of a per-sample loss
+            it sits next to in a loss vector; ``"sum"`` for the norm, which grows with the model
+            (about 1,800 for the quickstart's CNN) and, next to cross-entropies near 2, takes all
+            of a Chebyshev or min-max weighting unless the preference is scaled down to match.
 
     Example:
         >>> l1(torch.nn.Linear(3, 2, bias=False)).shape
@@ -167,20 +173,23 @@ class ReweightedL1:
         return f"ReweightedL1({len(self.params)} parameters, eps={self.eps}, reduction={self.reduction!r})"
 
 
-def _group_norms(name: str, params: list[Tensor], structure: str) -> list[Tensor]:
-    """Per tensor, the :math:`\\ell_2` norms of its slices along the group axis. ``vector_norm``'s
-    gradient at a zero group is zero (a subgradient), not NaN as that of ``sqrt(sum(w**2))``."""
-    axis = _GROUP_AXIS[structure]
+def _group_norms(name: str, params_or_module: nn.Module | Tensor | Iterable[Tensor], structure: str) -> list[Tensor]:
+    """Per tensor, the :math:`\\ell_2` norms of its groups: slices along dim 0 (``"row"``) or 1
+    (``"column"``) of a tensor; a module's weights by their owners' layouts (see
+    :func:`group_l2`). ``vector_norm``'s gradient at a zero group is zero (a subgradient), not
+    NaN as that of ``sqrt(sum(w**2))``."""
+    params = _select(name, params_or_module)
+    owners = parameter_layouts(params_or_module) if isinstance(params_or_module, nn.Module) else {}
     norms = []
     for index, param in enumerate(params):
+        layout = owners.get(id(param), (DENSE, ""))[0]
+        axis = unit_axis(structure, layout)
         if param.dim() <= axis:
             raise ValueError(
                 f"{name} with structure={structure!r} needs tensors with at least {axis + 1} dimension(s), "
                 f"got params_or_module[{index}] of shape {tuple(param.shape)}"
             )
-        groups = param.movedim(axis, 0)
-        groups = groups.flatten(1) if groups.dim() > 1 else groups.unsqueeze(1)
-        norms.append(torch.linalg.vector_norm(groups, dim=1))
+        norms.append(torch.linalg.vector_norm(units_first(param, axis, layout.groups), dim=1))
     return norms
 
 
@@ -203,7 +212,11 @@ def group_l2(
             :func:`sparsifiable_parameters`), a tensor, or an iterable of tensors (all of them).
         structure: ``"row"``: the slices along dim 0 (a Linear's output neuron, a conv's output
             channel; a 1-D tensor's entries); ``"column"``: the slices along dim 1 (a Linear's input
-            neuron, a conv's input channel).
+            neuron, a conv's input channel). In a module, each weight's output (``"row"``) or input
+            (``"column"``) neurons and channels by the module that owns it: those of an
+            ``nn.ConvTransposeNd`` weight ``(in, out / groups, *kernel)`` and of an ``nn.Embedding``
+            table (a row is an input unit) lie along dims 1 and 0, and each group's channels along
+            dim 1 of a grouped convolution are separate groups.
         reduction: ``"sum"`` as above, ``"mean"`` to divide by the number of groups.
 
     Example:
@@ -211,9 +224,9 @@ def group_l2(
         >>> group_l2(w), group_l2(w, structure="column")
         (tensor(5.), tensor(7.))
     """
-    check_choice("structure", structure, list(_GROUP_AXIS))
+    check_choice("structure", structure, _STRUCTURES)
     check_choice("reduction", reduction, ["sum", "mean"])
-    norms = _group_norms("group_l2", _select("group_l2", params_or_module), structure)
+    norms = _group_norms("group_l2", params_or_module, structure)
     total = torch.stack([n.sum() for n in norms]).sum()
     return _reduce(total, reduction, sum(n.numel() for n in norms))
 
@@ -285,9 +298,9 @@ def growl(
         >>> growl(w), growl(w, weights=[2.0, 0.5])  # 0.8*5 + 0.2*(5+1), 2*5 + 0.5*1
         (tensor(5.2000), tensor(10.5000))
     """
-    check_choice("structure", structure, list(_GROUP_AXIS))
+    check_choice("structure", structure, _STRUCTURES)
     lam = _growl_weights((0.8, 0.2) if weights is None else weights)
-    norms = _group_norms("growl", _select("growl", params_or_module), structure)
+    norms = _group_norms("growl", params_or_module, structure)
     terms = []
     for index, layer in enumerate(norms):
         if isinstance(lam, tuple):

@@ -9,12 +9,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_moo._validation import check_count, check_real, check_vector
+from torch_moo._validation import Nonfinite, check_count, check_real, check_vector
 from torch_moo.base import Losses
 from torch_moo.distributed import mean_across_ranks
 from torch_moo.functional.curvature import hessian_vector_product
 from torch_moo.functional.krylov import MinresResult, minres
-from torch_moo.mgda import MultiGradientDescent, _jacobian, _objective_roots
+from torch_moo.functional._scale import power_of_two, vector_norm
+from torch_moo.functional.mgda import _scale_to_unit_, _unit_gram
+from torch_moo.mgda import MultiGradientDescent, _jacobian, _objective_roots, _strided
 
 __all__ = ["ParetoTangentExplorer"]
 
@@ -69,10 +71,10 @@ class ParetoTangentExplorer(MultiGradientDescent):
         max_iter, tol: MINRES's iteration cap (Hessian-vector products per step) and relative
             residual tolerance.
         corrections: MGDA steps with the base optimizer after each tangent move.
-        check_finite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`
-            (``nonfinite`` among ``base_kwargs`` too: with ``"skip"``, an exploration step whose
-            losses are not finite on some rank moves nothing and sets :attr:`skipped`);
-            ``base`` defaults to :class:`torch.optim.SGD`, which the correction steps use.
+        nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`
+            (with ``nonfinite="skip"``, an exploration step whose losses are not finite on some
+            rank moves nothing and sets :attr:`skipped`); ``base`` defaults to
+            :class:`torch.optim.SGD` (``lr=1e-2`` unless given), which the correction steps use.
 
     Example:
         >>> x = torch.tensor([0.5, -0.5], requires_grad=True)
@@ -86,6 +88,8 @@ class ParetoTangentExplorer(MultiGradientDescent):
         (1, True)
     """
 
+    _default_base = torch.optim.SGD
+
     def __init__(
         self,
         params: Any,
@@ -97,8 +101,8 @@ class ParetoTangentExplorer(MultiGradientDescent):
         max_iter: int = 50,
         tol: float = 1e-5,
         corrections: int = 0,
-        check_finite: bool = True,
-        base: type[Optimizer] = torch.optim.SGD,
+        nonfinite: Nonfinite = "raise",
+        base: type[Optimizer] | Optimizer | None = None,
         **base_kwargs: Any,
     ) -> None:
         self.step_size = check_real("step_size", step_size, minimum=0.0, strict=True)
@@ -106,9 +110,10 @@ class ParetoTangentExplorer(MultiGradientDescent):
         self.max_iter = check_count("max_iter", max_iter)
         self.tol = check_real("tol", tol, minimum=0.0, strict=True)
         self.corrections = check_count("corrections", corrections, minimum=0)
-        if base is torch.optim.SGD and "lr" not in base_kwargs:
+        builds_sgd = base is torch.optim.SGD or (base is None and not isinstance(params, Optimizer))
+        if builds_sgd and "lr" not in base_kwargs:
             base_kwargs["lr"] = 1e-2
-        super().__init__(params, num_objectives=num_objectives, check_finite=check_finite, base=base, **base_kwargs)
+        super().__init__(params, num_objectives=num_objectives, nonfinite=nonfinite, base=base, **base_kwargs)
         self.beta = torch.eye(num_objectives)[0] if beta is None else beta
         self._tangent_solve: MinresResult | None = None
         self._tangent_rhs_norm: Tensor | None = None
@@ -127,7 +132,11 @@ class ParetoTangentExplorer(MultiGradientDescent):
 
     @property
     def tangent_solve(self) -> MinresResult | None:
-        """MINRES's ``(solution, residual_norm, iterations)`` at the last exploration step (``None`` before one)."""
+        r"""MINRES's ``(solution, residual_norm, iterations)`` at the last exploration step (``None`` before one).
+
+        MINRES solves the system multiplied by a power of two :math:`s` near :math:`1 / \max |J|`,
+        which leaves the solution as it is and keeps the solve accurate at any loss scale; the
+        residual norm is that of the scaled system (:attr:`tangent_residual` is relative)."""
         return self._tangent_solve
 
     @property
@@ -173,14 +182,16 @@ class ParetoTangentExplorer(MultiGradientDescent):
 
     def _tangent(self, losses: Tensor, values: Tensor, params: list[Tensor]) -> Tensor:
         """The unit tangent direction :math:`v / \\|v\\|`, flattened over ``params`` (zeros if :math:`v = 0`)."""
-        rows = [
+        rows = [  # dense: a sparse gradient (nn.Embedding(sparse=True)) is densified, differentiably
             tuple(torch.zeros_like(p) for p in params)
             if root is None
-            else torch.autograd.grad(root, params, create_graph=True, allow_unused=True, materialize_grads=True)
+            else tuple(map(_strided, torch.autograd.grad(root, params, create_graph=True, allow_unused=True, materialize_grads=True)))
             for root in _objective_roots(losses)
         ]
         jacobian = mean_across_ranks(_jacobian([[g.detach() for g in row] for row in rows], params, range(len(params))))
-        alpha = self._solve(jacobian @ jacobian.T, values)
+        # J times s = 2^-e, 2^(e-1) <= max|J| < 2^e (exact, in place): the Gram matrix at unit scale
+        exponent = _scale_to_unit_(jacobian)
+        alpha = self._solve(_unit_gram([jacobian], exponent), values, jacobian.dtype)
         weights = alpha.to(jacobian.dtype)
         weighted = [sum(w * row[j] for w, row in zip(weights, rows)) for j in range(len(params))]
         sizes = [p.numel() for p in params]
@@ -192,16 +203,33 @@ class ParetoTangentExplorer(MultiGradientDescent):
                 return torch.zeros_like(vector)
             pieces = [piece.view_as(p) for piece, p in zip(vector.split(sizes), params)]
             product = hessian_vector_product(weighted, params, pieces)
-            return mean_across_ranks(torch.cat([h.reshape(-1) for h in product]))
+            return mean_across_ranks(torch.cat([_strided(h).reshape(-1) for h in product]))
 
+        # MINRES runs on the system times s: the same solution v, with the right-hand side (from the
+        # scaled J) and the Hessian's part of the operator near unit scale whatever the losses'
+        # scale. s * damping is a tensor: the damping goes into the operator.
+        scale = power_of_two(-exponent, jacobian)
         rhs = self._beta.to(jacobian.dtype) @ jacobian
-        self._tangent_solve = minres(hessian_times, rhs, shift=self.damping, tol=self.tol, max_iter=self.max_iter)
-        self._tangent_rhs_norm = torch.linalg.vector_norm(rhs)
+        self._tangent_solve = minres(
+            lambda vector: scale * (hessian_times(vector) + self.damping * vector), rhs, tol=self.tol, max_iter=self.max_iter
+        )
+        self._tangent_rhs_norm = vector_norm(rhs)
         v = self._tangent_solve.solution
         # -v lowers beta^T f to first order where H is positive definite; elsewhere flip it so it does.
         sign = torch.where(rhs @ v < 0, -1.0, 1.0)
-        norm = torch.linalg.vector_norm(v)
+        norm = vector_norm(v)
         return v * (sign / torch.where(norm > 0, norm, 1.0))
+
+    def _method_state(self) -> dict[str, Any]:
+        return {**super()._method_state(), "beta": self._beta.clone()}
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        super()._load_method_state(state)
+        self._beta = state["beta"]
+
+    def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
+        beta = state["beta"]
+        return {**super()._state_rules(state), "beta": ((torch.isfinite(beta).all() & (beta != 0).any()), "finite with a non-zero entry")}
 
     def _config(self) -> dict[str, Any]:
         return {

@@ -65,7 +65,7 @@ def test_reweighted_l1_right_after_refresh_counts_the_nonzeros(params):
 def test_reweighted_l1_with_unit_references_is_l1_scaled(params, eps):
     penalty = ReweightedL1(params, eps=eps)
     penalty.load_state_dict({"references": [torch.ones_like(p) for p in params]})
-    assert close(penalty(), l1(params) / (1 + eps))
+    assert close(penalty(), l1(params, reduction="sum") / (1 + eps))
 
 
 @given(layers, structures, st.floats(0, 5, width=64))
@@ -115,7 +115,7 @@ def test_rows_of_a_matrix_are_the_columns_of_its_transpose(w, weights):
 
 @given(weight_tensors(min_dims=1, max_dims=1))
 def test_row_groups_of_a_vector_are_its_entries_so_group_l2_is_l1(b):
-    assert close(group_l2(b, structure="row"), l1(b))
+    assert close(group_l2(b, structure="row"), l1(b, reduction="sum"))
 
 
 @given(weight_tensors(), structures)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 from torch.optim import lr_scheduler
 
-from tests.helpers import TwoHeads, task_losses
+from tests.helpers import TwoHeads, state_dtype, task_losses
 from tests.unit.test_protocol import OPTIMIZERS, make
 from torch_moo import SparsityController
 
@@ -127,7 +127,7 @@ def machine_for(method):
             state = self.opt.state_dict()["torch_moo"]["state"]
             for key, value in state.items():
                 if isinstance(value, torch.Tensor):
-                    assert value.dtype == torch.float32
+                    assert value.dtype == state_dtype(key), key
                     assert not torch.isnan(value).any(), key
                     if key != "ideal":  # +inf until a loss is seen, by design
                         assert torch.isfinite(value).all(), key

@@ -7,7 +7,7 @@ in test_protocol.py; this file adds the controller, autocast and compiled models
 import pytest
 import torch
 
-from tests.helpers import TwoHeads, batch, flat_parameters, task_losses
+from tests.helpers import TwoHeads, batch, flat_parameters, state_dtype, task_losses
 from tests.unit.test_protocol import OPTIMIZERS, make, method_state
 from torch_moo import SparsityController
 
@@ -53,7 +53,7 @@ def test_bf16_autocast_trains_keeps_float32_state_and_stays_near_float32(method)
         state = method_state(opt)
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                assert value.dtype == torch.float32, key
+                assert value.dtype == state_dtype(key), key
                 assert not torch.isnan(value).any(), key
         assert all(p.dtype == torch.float32 for p in model.parameters())
         runs[autocast] = (flat_parameters(model), start)
@@ -77,7 +77,7 @@ def test_bf16_loss_vectors_give_float32_weights_and_state(method):
         assert opt.backward(losses).dtype == torch.float32
         opt.step()
         assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert all(v.dtype == torch.float32 for v in method_state(opt).values() if isinstance(v, torch.Tensor))
+    assert all(v.dtype == state_dtype(k) for k, v in method_state(opt).items() if isinstance(v, torch.Tensor))
 
 
 # ------------------------------------------------------------------- GradScaler + controller

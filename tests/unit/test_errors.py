@@ -117,8 +117,8 @@ LOADING = [
     ("other base", lambda: _saved(base=torch.optim.SGD), r"saved with base='SGD', but this ChebyshevALM has base='Adam'"),
     ("other rule", lambda: _saved(multiplier_update="reference"), r"saved with multiplier_update='reference'"),
     ("plain Adam", lambda: torch.optim.Adam(TwoHeads().parameters()).state_dict(), r"state_dict has no 'torch_moo' entry"),
-    ("bad shape", lambda: _with_method_entry("multipliers", torch.ones(3)), r"state_dict entry 'multipliers' has shape \(3,\), expected \(2,\)"),
-    ("missing entries", lambda: _without_method_state(), r"state_dict holds method state \[\], expected \['estimate_count'"),
+    ("bad shape", lambda: _with_method_entry("multipliers", torch.ones(3)), r"state_dict\['torch_moo'\]\['state'\]\['multipliers'\] must be a tensor of shape \(2,\), got tensor of shape \(3,\)"),
+    ("missing entries", lambda: _without_method_state(), r"state_dict\['torch_moo'\]\['state'\] must hold \['estimate_count'.*\]: it lacks \['estimate_count'"),
 ]
 
 

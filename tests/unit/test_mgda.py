@@ -44,7 +44,10 @@ def test_full_mode_is_mgda_on_the_shared_parameters_and_heads_take_their_own_gra
     if normalization == "none":  # the common descent inequality <d, g_i> >= ||d||^2, and ||d||^2 reported
         d = expected @ jacobian
         assert (jacobian @ d >= d @ d - 1e-6 * jacobian.square().sum()).all()
-        torch.testing.assert_close(opt.stationarity, d @ d)
+        # stationarity is float64 (||d||^2 leaves float32's range for gradients beyond ~1e19);
+        # the float32 d @ d agrees to float32 rounding.
+        assert opt.stationarity.dtype == torch.float64
+        torch.testing.assert_close(opt.stationarity.float(), d @ d)
     # The gap is evaluated at the float32 weights, whose sum differs from 1 by float32 rounding
     # (~6e-8): so it is >= 0 only up to about 1e-7 of the largest diagonal entry of the Gram matrix.
     scale = normalized_gram(jacobian @ jacobian.T, losses.detach(), normalization).diagonal().max()
@@ -183,7 +186,7 @@ def test_moments_refuse_features_a_second_backward_and_a_new_param_group():
 
 def test_moments_skip_non_finite_steps_without_the_check():
     model = TwoHeads()
-    opt = MultiGradientDescent(model.parameters(), num_objectives=2, moments=(0.9, 0.99), check_finite=False, lr=0.0)
+    opt = MultiGradientDescent(model.parameters(), num_objectives=2, moments=(0.9, 0.99), nonfinite="propagate", lr=0.0)
     opt.backward(task_losses(model, 0))
     opt.step()
     before = {key: value.clone() for key, value in opt.state_dict()["torch_moo"]["state"].items()}

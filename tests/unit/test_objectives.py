@@ -12,15 +12,15 @@ def test_l1_of_a_module_covers_weights_and_kernels_not_biases_or_norms():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
     expected = model[0].weight.abs().sum() + model[3].weight.abs().sum()
-    torch.testing.assert_close(objectives.l1(model), expected)
+    torch.testing.assert_close(objectives.l1(model, reduction="sum"), expected)
     count = model[0].weight.numel() + model[3].weight.numel()
-    torch.testing.assert_close(objectives.l1(model, reduction="mean"), expected / count)
+    torch.testing.assert_close(objectives.l1(model), expected / count)  # the default: the mean
 
 
 def test_l1_of_tensors_takes_all_of_them_and_is_differentiable():
     w = torch.tensor([[1.0, -2.0], [0.0, 3.0]], requires_grad=True)
     b = torch.tensor([-0.5], requires_grad=True)
-    loss = objectives.l1([w, b])
+    loss = objectives.l1([w, b], reduction="sum")
     assert loss.item() == 6.5
     loss.backward()
     assert torch.equal(w.grad, torch.sign(w.detach()))
@@ -38,7 +38,7 @@ def test_a_single_tensor_is_one_parameter_not_an_iterable_of_rows():
 def test_module_parameters_generator_is_accepted():
     model = nn.Linear(3, 2)
     expected = model.weight.abs().sum() + model.bias.abs().sum()
-    torch.testing.assert_close(objectives.l1(model.parameters()), expected)
+    torch.testing.assert_close(objectives.l1(model.parameters(), reduction="sum"), expected)
 
 
 @pytest.mark.parametrize("function", [objectives.l1, objectives.group_l2, objectives.growl, objectives.ReweightedL1])

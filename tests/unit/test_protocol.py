@@ -8,12 +8,14 @@ import torch
 from torch.optim import lr_scheduler
 
 from tests.helpers import TwoHeads, flat_parameters, task_losses
-from torch_moo import ChebyshevALM, MinMaxWeighting, MultiGradientDescent, ParetoTangentExplorer
+from torch_moo import ChebyshevALM, FixedWeighting, MinMaxWeighting, MultiGradientDescent, ParetoTangentExplorer
 
 # Every torch_moo optimizer with small settings under which its own state moves within a few
 # steps; the protocol tests below run for each. A one-objective variant is built from the same entry.
 OPTIMIZERS = {
     "ChebyshevALM": (ChebyshevALM, dict(preference=[0.3, 0.7], outer_every=3, penalty=5.0)),
+    # constant weights: no method state of its own
+    "FixedWeighting": (FixedWeighting, dict(weights=[0.2, 0.8])),
     "MinMaxWeighting": (MinMaxWeighting, dict(update_every=2)),
     # per-objective moments give it a method state that moves every step
     "MultiGradientDescent": (MultiGradientDescent, dict(moments=(0.9, 0.99))),
@@ -22,7 +24,11 @@ OPTIMIZERS = {
 }
 # Options a one-objective variant changes: with moments MGDA runs Adam's direction, not the base's.
 GRADIENT_SPACE = {"MultiGradientDescent", "ParetoTangentExplorer"}
-ONE_OBJECTIVE = {"ChebyshevALM": {"preference": [1.0]}, "MultiGradientDescent": {"moments": None}}
+ONE_OBJECTIVE = {
+    "ChebyshevALM": {"preference": [1.0]},
+    "FixedWeighting": {"weights": [1.0]},
+    "MultiGradientDescent": {"moments": None},
+}
 
 
 @pytest.fixture(params=sorted(OPTIMIZERS))
@@ -267,6 +273,7 @@ def test_step_hooks_run_once_per_step(method):
 
 EVERY_STEP = {
     "ChebyshevALM": {"outer_every": 1},
+    "FixedWeighting": {},
     "MinMaxWeighting": {"update_every": 1},
     "MultiGradientDescent": {},
     "ParetoTangentExplorer": {},
@@ -291,7 +298,7 @@ def test_gradscaler_skipped_step_advances_no_state(method):
     assert [s["step"] for s in opt.state.values()] == before_steps
     train(model, opt, 1)  # a later step does advance it: the comparisons above are not vacuous
     assert not torch.equal(flat_parameters(model), before_params)
-    if method != "ParetoTangentExplorer":  # its MGDA steps keep no state of their own
+    if method not in ("ParetoTangentExplorer", "FixedWeighting"):  # no method state that moves
         with pytest.raises(AssertionError):
             assert_same_state(before_method, method_state(opt))
 
@@ -394,7 +401,7 @@ def test_outer_step_moves_multipliers_toward_the_worse_objective():
 def test_non_finite_losses_never_enter_the_state_without_the_check():
     parameter = torch.nn.Parameter(torch.zeros(2))
     opt = ChebyshevALM([parameter], num_objectives=2, preference=[0.5, 0.5], reference="ideal", outer_every=2,
-                       check_finite=False, base=torch.optim.SGD, lr=0.0)
+                       nonfinite="propagate", base=torch.optim.SGD, lr=0.0)
     source = torch.zeros(2, requires_grad=True)  # outside the optimizer: its NaN grads harm nothing
     for values in ([1.0, 2.0], [float("nan"), 0.0], [float("inf"), 1.0], [0.5, 3.0]):
         opt.zero_grad()

@@ -265,7 +265,9 @@ def test_resume_is_bit_exact(regrow):
 def test_load_state_dict_fails_loudly_on_another_model_or_configuration():
     model = mlp()
     opt = torch.optim.Adam(model.parameters())
-    state = SparsityController(opt, model=model, sparsity=0.8).state_dict()
+    first = SparsityController(opt, model=model, sparsity=0.8)
+    state = first.state_dict()
+    first.remove()  # a second controller on the same parameters raises while the first is attached
 
     other = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 2))
     sparse = SparsityController(torch.optim.Adam(other.parameters()), model=other, sparsity=0.8)

@@ -112,11 +112,15 @@ def multiplier_estimate(
     The derivatives of :math:`\min_t L` with respect to the :math:`g_i` are its positive part
     (PHR; they lie on the simplex: :math:`\operatorname{proj}_\Delta(\lambda + \mu g)`) or the
     estimate itself (reference rule), and the outer update averages it. Formed as
-    :math:`z - \mu t^*` with :math:`z = \lambda + \mu g`, it stays accurate for tiny :math:`\mu`,
-    where :math:`t^*` itself is ill-conditioned.
+    :math:`(z - z_{\max}) - (\mu t^* - z_{\max})` with :math:`z = \lambda + \mu g` (both
+    thresholds commute with a common shift), it stays accurate for tiny :math:`\mu`, where
+    :math:`t^*` itself is ill-conditioned, and at any scale of :math:`z`: with
+    :math:`z = (5 \cdot 10^{29}, 0.3)` the difference :math:`z_1 - \mu t^* = 1` is below the
+    spacing of :math:`z_1`, but not of :math:`z_1 - z_{\max} = 0`.
     """
     shifted = multipliers + penalty * terms
-    return shifted - _threshold(shifted, rule)
+    relative = shifted - shifted.amax(dim=-1, keepdim=True)
+    return relative - _threshold(relative, rule)
 
 
 def chebyshev_objective_weights(dual: Tensor, preference: Tensor, augmentation: float) -> Tensor:
@@ -125,13 +129,21 @@ def chebyshev_objective_weights(dual: Tensor, preference: Tensor, augmentation: 
     .. math::
 
         \omega_j \propto \frac{\partial L}{\partial f_j}
-        = k_j d_j + \varepsilon \sum_i k_i d_i, \qquad \sum_j \omega_j = 1.
+        = k_j d_j + \varepsilon \sum_i k_i d_i, \qquad \sum_j |\omega_j| = 1.
 
     Rescaling the gradient by a positive number keeps its direction and the stationary points
     of the inner problem; it makes the learning rate mean what it means for a single loss, and
-    one objective gets weight exactly 1. All-zero raw weights (every active constraint has
-    :math:`k_i = 0`) stay zero.
+    one objective gets weight exactly 1. The divisor is the :math:`\ell_1` norm of the raw
+    weights. Under the PHR rule :math:`d \ge 0`, so that is their sum: the weights are
+    non-negative and sum to one. Under the reference rule :math:`d` may have negative entries
+    and the plain sum, :math:`(1 + m\varepsilon) \sum_i k_i d_i`, may be zero or negative,
+    where dividing by it would blow up or turn descent into ascent; the :math:`\ell_1` norm
+    keeps the direction, every weight in :math:`[-1, 1]`, and the sum at one whenever no
+    weight is negative. All-zero raw weights (every active constraint has :math:`k_i = 0`)
+    stay zero.
     """
     raw = preference * dual
     raw = torch.add(raw, raw.sum(dim=-1, keepdim=True), alpha=augmentation)
-    return raw / raw.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)
+    # |raw_j| <= scale, so the quotient is at most 1 in size (a subnormal scale too); all-zero raw stays 0.
+    scale = raw.abs().sum(dim=-1, keepdim=True)
+    return raw / torch.where(scale > 0, scale, 1.0)

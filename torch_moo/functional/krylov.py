@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from torch_moo._validation import check_count, check_real
+from torch_moo.functional._scale import vector_norm
 
 __all__ = ["MinresResult", "minres"]
 
@@ -70,8 +71,12 @@ def minres(
     non-singular, such as damping, avoids it. :math:`b = 0` gives :math:`x = 0` without calling
     the operator. Non-finite values give a non-finite result after ``max_iter`` iterations.
 
-    Every scalar is a 0-dim tensor on ``rhs``'s device and in its dtype. The only host
-    synchronisation is the convergence test, read every ``check_every`` iterations; between
+    Every scalar is a 0-dim tensor on ``rhs``'s device and in its dtype. The recurrences are
+    homogeneous in the scales of :math:`A` and :math:`b`, and the two norms per iteration are
+    taken after an exact power-of-two rescaling, so no square leaves float32's range: for
+    :math:`c, c'` from about :math:`10^{-30}` to :math:`10^{30}` (and :math:`c'/c` too),
+    :math:`(cA, c'b)` gives the iterates of :math:`(A, b)` times :math:`c'/c` and the same
+    iterations (a property test). The only host synchronisation is the convergence test, read every ``check_every`` iterations; between
     tests a converged iterate is held with masks, so the result is the iterate at convergence
     whatever ``check_every`` is. On a GPU, ``check_every > 1`` saves synchronisations at the
     cost of up to ``check_every - 1`` wasted operator calls.
@@ -120,7 +125,7 @@ def minres(
     check_count("check_every", check_every)
 
     zero = rhs.new_zeros(())
-    beta = torch.linalg.vector_norm(rhs)  # beta_1 = ||b||
+    beta = vector_norm(rhs)  # beta_1 = ||b||
     threshold = tol * beta
     done = beta == 0
     # Lanczos: beta_{k+1} v_{k+1} = (A + shift I) v_k - alpha_k v_k - beta_k v_{k-1}, v_1 = b / beta_1.
@@ -139,7 +144,7 @@ def minres(
             image = image + shift * vector
         alpha = torch.dot(vector, image)
         image = image - alpha * vector - beta * previous
-        next_beta = torch.linalg.vector_norm(image)
+        next_beta = vector_norm(image)
         breakdown = next_beta == 0
         previous, vector = vector, image / torch.where(breakdown, 1.0, next_beta)
 

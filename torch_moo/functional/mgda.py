@@ -3,12 +3,14 @@ Sener & Koltun, *Multi-Task Learning as Multi-Objective Optimization* (NeurIPS 2
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from torch_moo._validation import check_choice
+from torch_moo.functional._scale import binary_exponent, power_of_two
 from torch_moo.functional.min_norm import min_norm_weights
 
 __all__ = ["NORMALIZATIONS", "mgda_weights", "normalized_gram"]
@@ -58,7 +60,7 @@ def normalized_gram(gram: Tensor, losses: Tensor | None = None, normalization: N
         if values.shape != scale.shape:
             raise ValueError(f"losses must hold {scale.numel()} values, got shape {tuple(losses.shape)}")
         scale = scale * torch.where(values > 0, values, 1.0)
-    return gram / (scale[:, None] * scale[None, :])
+    return gram / scale[:, None] / scale[None, :]  # the product of two scales could overflow
 
 
 def mgda_weights(
@@ -85,9 +87,14 @@ def mgda_weights(
         losses: the loss values, shape ``(k,)``; needed by ``"loss"`` and ``"loss+"``.
         normalization: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
 
+    The Gram matrix is formed at unit scale by an exact power of two and kept in float64, so
+    the weights do not depend on one positive factor on all gradients (and losses) anywhere in
+    float32's range: see the scale behaviour above.
+
     Returns:
-        ``(alpha, gap)`` as :func:`~torch_moo.functional.min_norm_weights` returns them for the
-        normalised Gram matrix.
+        ``(alpha, gap)``: the weights in ``gradients``' dtype, and the duality gap of
+        :func:`~torch_moo.functional.min_norm_weights` for the normalised Gram matrix, in
+        float64 (for float32 gradients near :math:`10^{19}` and above it exceeds float32's range).
 
     Example:
         >>> jacobian = torch.tensor([[1.0, 0.0], [0.0, 4.0]])
@@ -99,4 +106,42 @@ def mgda_weights(
     if not isinstance(gradients, Tensor) or gradients.dim() != 2:
         shape = tuple(gradients.shape) if isinstance(gradients, Tensor) else type(gradients).__name__
         raise ValueError(f"gradients must be a k x n matrix (one row per objective), got {shape}")
-    return min_norm_weights(normalized_gram(gradients @ gradients.T, losses, normalization))
+    alpha, gap = min_norm_weights(normalized_gram(_gram_float64([gradients]), losses, normalization))
+    return alpha.to(gradients.dtype), gap
+
+
+def _gram_float64(blocks: Sequence[Tensor]) -> Tensor:
+    r"""The Gram matrix :math:`\sum_b B_b B_b^\top` of ``k x n_b`` blocks, as float64, at any scale.
+
+    .. math::
+
+        G = 4^{e} \sum_b (2^{-e} B_b)(2^{-e} B_b)^\top,
+
+    with :math:`e` from ``binary_exponent``, the products in the blocks' dtype, the factor
+    :math:`4^e` applied in float64. Scaling by a power of two is exact, so the result is the
+    blocks' Gram matrix rounded as if formed at unit scale: float32 gradients of any finite
+    size give a finite, non-zero Gram matrix, where forming it directly overflows above about
+    :math:`10^{19}` and underflows to zero below :math:`10^{-23}` (losses scaled by
+    :math:`10^{20}` gave NaN weights, by :math:`10^{-30}` uniform ones). The large matrix
+    product stays in the blocks' dtype: in float64 it would be many times slower on most GPUs.
+    Non-finite entries give a non-finite result; no entries, a zero matrix. It copies the
+    blocks; for a matrix the caller owns, :func:`_scale_to_unit_` and :func:`_unit_gram` scale
+    it in place instead (one pass, no copy).
+    """
+    exponent = binary_exponent(blocks)
+    scale = power_of_two(-exponent, blocks[0])
+    return _unit_gram([block.detach() * scale for block in blocks], exponent)
+
+
+def _scale_to_unit_(matrix: Tensor) -> Tensor:
+    """Multiply ``matrix`` in place by :math:`2^{-e}` (exact), :math:`e` from ``binary_exponent``,
+    so that its largest entry lies in :math:`[1/2, 1)`; return :math:`e`."""
+    exponent = binary_exponent([matrix])
+    matrix.mul_(power_of_two(-exponent, matrix))
+    return exponent
+
+
+def _unit_gram(blocks: Sequence[Tensor], exponent: Tensor) -> Tensor:
+    r"""The float64 Gram matrix :math:`4^e \sum_b B_b B_b^\top` of blocks scaled by :math:`2^{-e}`."""
+    gram = sum((block @ block.T for block in blocks[1:]), blocks[0] @ blocks[0].T)
+    return torch.ldexp(gram.to(torch.float64), 2 * exponent)

@@ -3,6 +3,7 @@ r"""``SparsityController``: weight masks kept exact on any optimizer, through st
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -10,7 +11,16 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from torch_moo._validation import check_choice, check_count, check_real
+from torch_moo._layout import DENSE, Layout, parameter_layouts
+from torch_moo._validation import (
+    check_choice,
+    check_count,
+    check_real,
+    check_saved_config,
+    check_saved_count,
+    check_saved_keys,
+    describe,
+)
 from torch_moo.base import MultiObjectiveOptimizer
 from torch_moo.distributed import broadcast_from_first
 from torch_moo.objectives import sparsifiable_parameters
@@ -30,6 +40,11 @@ from torch_moo.sparsity.schedules import cosine_fraction
 __all__ = ["SparsityController"]
 
 REGROWTH = ("random", "gradient", "exploration")
+_STATE_KEYS = {"config", "names", "shapes", "step", "active", "masks", "active_updates", "generator"}
+# id(parameter) -> the attached controller masking it. Weak: a controller that is garbage (its
+# optimizer, which holds its hooks, gone) leaves it; while it lives, it keeps its parameters
+# alive, so their ids are not reused.
+_ATTACHED: weakref.WeakValueDictionary[int, SparsityController] = weakref.WeakValueDictionary()
 Schedule = Callable[[int], float]
 
 
@@ -72,11 +87,25 @@ class SparsityController:
       Reiners, Klamroth & Stiglmayr, arXiv:2008.13590); pruned units stay pruned.
 
     Units are single weights or, with ``structure``, whole rows (output neurons and channels)
-    or columns (input neurons and channels), scored by their :math:`\ell_2` norm.
+    or columns (input neurons and channels), scored by their :math:`\ell_2` norm. With
+    ``model``, where they lie follows the module that owns the weight: dimension 0 holds the
+    outputs of ``nn.Linear`` and ``nn.ConvNd`` weights (``(out, in / groups, *kernel)``) and the
+    inputs of ``nn.ConvTransposeNd`` weights (``(in, out / groups, *kernel)``) and ``nn.Embedding``
+    tables (a lookup is a linear map of the one-hot index: a row of the table is an input
+    unit, a column an output feature); with ``groups`` > 1 every channel along dimension 1 is its own
+    unit. A parameter given by ``params`` that ``model`` does not own, and every parameter
+    without ``model``, is taken to be laid out ``(out, in, ...)`` like a ``nn.Linear`` weight:
+    pass ``model`` for transposed convolutions, embeddings and grouped convolutions.
+    Gradients may be sparse (``nn.Embedding(sparse=True)`` with :class:`torch.optim.SparseAdam`).
 
     Under :mod:`torch.distributed` every rank applies rank 0's masks (one broadcast per
     topology update); ties in every score are broken by index, so equal scores give equal masks.
     The threshold rule needs no communication: under DDP the weights are equal on every rank.
+
+    ``copy.deepcopy((model, optimizer, controller))`` (or pickling the three together) gives a
+    copy whose controller masks the copied model through the copied optimizer's steps, as the
+    original does. Copied alone, an optimizer keeps no hooks (as in torch.optim), so no
+    controller reaches the copy: copy the controller with it.
 
     Args:
         optimizer: any :class:`torch.optim.Optimizer` or torch_moo optimizer.
@@ -172,6 +201,14 @@ class SparsityController:
         self.model = model
         self._params, self.names = _masked_parameters(self._optimizer, model, params)
         for name, param in zip(self.names, self._params):
+            other = _ATTACHED.get(id(param))
+            if other is not None:
+                raise ValueError(
+                    f"{name} (shape {tuple(param.shape)}) is already masked by {other!r}: two controllers on one "
+                    "parameter would combine their masks and both report the wrong sparsity; call remove() on that one first"
+                )
+        self._layouts = _layouts(model, self._params, self.structure)
+        for name, param in zip(self.names, self._params):
             if self.structure != "element" and param.dim() < 2:
                 raise ValueError(f"structure={self.structure!r} needs parameters of 2+ dimensions; {name} has shape {tuple(param.shape)}")
         self.distribution = _check_distribution(distribution, self.names)
@@ -180,13 +217,19 @@ class SparsityController:
 
         self._active = self._counts(target)
         if state_dict is not None:  # placeholders of the right shapes: load_state_dict replaces them
-            self._masks = [torch.ones(_unit_shape(p, self.structure), dtype=torch.bool, device=p.device) for p in self._params]
+            self._masks = [
+                torch.ones(_unit_shape(p, self.structure, layout), dtype=torch.bool, device=p.device)
+                for p, layout in zip(self._params, self._layouts)
+            ]
         elif self.regrow is None:
-            self._masks = [top_count(unit_norms(p, self.structure), count) for p, count in zip(self._params, self._active)]
+            self._masks = [
+                top_count(unit_norms(p, self.structure, layout), count)
+                for p, layout, count in zip(self._params, self._layouts, self._active)
+            ]
         else:
             self._masks = [
-                top_count(torch.rand(_unit_shape(p, self.structure), generator=generator, device=p.device), count)
-                for p, count in zip(self._params, self._active)
+                top_count(torch.rand(_unit_shape(p, self.structure, layout), generator=generator, device=p.device), count)
+                for p, layout, count in zip(self._params, self._layouts, self._active)
             ]
         self._active_updates = None if self.regrow is None else [torch.zeros_like(m, dtype=torch.int32) for m in self._masks]
         if state_dict is None:
@@ -194,14 +237,38 @@ class SparsityController:
             self._apply_topology(previous=None)
         else:
             self.load_state_dict(state_dict)
+        self._wrapper = optimizer  # the optimizer given: a torch_moo optimizer, or self._optimizer itself
+        self._attach()
+
+    def _attach(self) -> None:
+        """Register the step hooks (at construction, and on a copy: see :meth:`__setstate__`)."""
         self._handles = [
             self._optimizer.register_step_pre_hook(self._pre_step),
             self._optimizer.register_step_post_hook(self._post_step),
         ]
-        if self._optimizer is not optimizer:
+        if self._optimizer is not self._wrapper:
             # A torch_moo optimizer's step may move the weights outside its base's step (the
             # exploration step of ParetoTangentExplorer): mask them again after every step.
-            self._handles.append(optimizer.register_step_post_hook(self._remask))
+            self._handles.append(self._wrapper.register_step_post_hook(self._remask))
+        _ATTACHED.update((id(p), self) for p in self._params)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The hook handles stay behind, as torch.optim leaves an optimizer's hooks behind when it
+        # is copied or pickled; the copy attaches itself to the copied optimizer in __setstate__.
+        state = {key: value for key, value in self.__dict__.items() if key != "_handles"}
+        state["_attached"] = bool(self._handles)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a copy (:func:`copy.deepcopy`, unpickling) and attach it, if the original was attached,
+        to its optimizer: ``copy.deepcopy((model, optimizer, controller))`` masks the copied model
+        through the copied optimizer's steps."""
+        state = dict(state)
+        attached = state.pop("_attached")
+        self.__dict__.update(state)
+        self._handles = []
+        if attached:
+            self._attach()
 
     # ------------------------------------------------------------------------------ hooks
     def _pre_step(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -240,7 +307,10 @@ class SparsityController:
         torch._foreach_mul_(self._params, self._multipliers)
         if self.threshold is not None:
             previous = self._masks
-            self._masks = [m & (unit_norms(p, self.structure) > self.threshold) for p, m in zip(self._params, previous)]
+            self._masks = [
+                m & (unit_norms(p, self.structure, layout) > self.threshold)
+                for p, layout, m in zip(self._params, self._layouts, previous)
+            ]
             self._apply_topology(previous)
         self.step_count += 1
         self._prepared = False
@@ -259,26 +329,30 @@ class SparsityController:
             counts = self._counts(_fraction("sparsity schedule value", self._schedule(t)))
             self._active = [min(count, active) for count, active in zip(counts, self._active)]
             self._masks = [
-                top_count(torch.where(m, unit_norms(p, self.structure), -math.inf), count)
-                for p, m, count in zip(self._params, previous, self._active)
+                top_count(torch.where(m, unit_norms(p, self.structure, layout), -math.inf), count)
+                for p, layout, m, count in zip(self._params, self._layouts, previous, self._active)
             ]
         else:
             fraction = self.drop_fraction
             if self.drop_schedule == "cosine" and self.stop_after is not None:
                 fraction = cosine_fraction(t, self.drop_fraction, self.stop_after)
-            self._masks = []
-            for p, m, active, active_updates in zip(self._params, previous, self._active, self._active_updates):
+            masks = []  # built aside: an error on the way leaves the masks as they were
+            for p, layout, m, active, active_updates in zip(
+                self._params, self._layouts, previous, self._active, self._active_updates
+            ):
+                growth = self._growth(p, layout, active_updates + m, t)
+                masks.append(drop_and_grow(m, unit_norms(p, self.structure, layout), growth, int(fraction * active)))
+            for active_updates, m in zip(self._active_updates, previous):
                 active_updates += m
-                growth = self._growth(p, active_updates, t)
-                self._masks.append(drop_and_grow(m, unit_norms(p, self.structure), growth, int(fraction * active)))
+            self._masks = masks
         self._masks = broadcast_from_first(self._masks)
         self._apply_topology(previous)
 
-    def _growth(self, param: Tensor, active_updates: Tensor, step: int) -> Tensor:
-        shape = _unit_shape(param, self.structure)
+    def _growth(self, param: Tensor, layout: Layout, active_updates: Tensor, step: int) -> Tensor:
+        shape = _unit_shape(param, self.structure, layout)
         if self.regrow == "random":
             return torch.rand(shape, generator=self.generator, device=param.device)
-        gradient = torch.zeros(shape, device=param.device) if param.grad is None else unit_norms(param.grad, self.structure)
+        gradient = torch.zeros(shape, device=param.device) if param.grad is None else unit_norms(param.grad, self.structure, layout)
         if self.regrow == "exploration" and self.exploration > 0:
             gradient = gradient + exploration_bonus(active_updates, step, self.exploration)
         return gradient
@@ -286,32 +360,41 @@ class SparsityController:
     @torch.no_grad()
     def _apply_topology(self, previous: list[Tensor] | None) -> None:
         """Rebuild the multipliers, zero pruned weights and reset optimizer state of changed units."""
-        self._multipliers = [expand(m, p.shape, self.structure).to(p.dtype) for p, m in zip(self._params, self._masks)]
-        for index, (p, m) in enumerate(zip(self._params, self._masks)):
-            keep = expand(m if previous is None else m & previous[index], p.shape, self.structure)
-            p.masked_fill_(~expand(m, p.shape, self.structure), 0)
+        self._multipliers = [
+            expand(m, p.shape, self.structure, layout).to(p.dtype) for p, layout, m in zip(self._params, self._layouts, self._masks)
+        ]
+        for index, (p, layout, m) in enumerate(zip(self._params, self._layouts, self._masks)):
+            keep = expand(m if previous is None else m & previous[index], p.shape, self.structure, layout)
+            p.masked_fill_(~expand(m, p.shape, self.structure, layout), 0)
             for value in self._optimizer.state.get(p, {}).values():
                 if isinstance(value, Tensor) and value.shape == p.shape:
                     value.masked_fill_(~keep, 0)
 
     def _counts(self, sparsity: float) -> list[int]:
         shapes = [p.shape for p in self._params]
-        sizes = [unit_count(p.shape, self.structure) for p in self._params]
+        sizes = [unit_count(p.shape, self.structure, layout) for p, layout in zip(self._params, self._layouts)]
         if isinstance(self.distribution, str):
             return layer_counts(shapes, sparsity, distribution=self.distribution, sizes=sizes)
         return layer_counts(shapes, [self.distribution.get(name, sparsity) for name in self.names], sizes=sizes)
 
     # ------------------------------------------------------------------------------ public
     def remove(self) -> None:
-        """Detach from the optimizer: later steps leave the weights and their gradients alone."""
+        """Detach from the optimizer: later steps leave the weights and their gradients alone, and
+        another controller may mask these parameters (while one is attached, a second raises)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for p in self._params:
+            if _ATTACHED.get(id(p)) is self:
+                del _ATTACHED[id(p)]
 
     @property
     def masks(self) -> dict[str, Tensor]:
         """A copy of each parameter's boolean mask, shaped like the parameter, by name."""
-        return {name: expand(m, p.shape, self.structure).clone() for name, p, m in zip(self.names, self._params, self._masks)}
+        return {
+            name: expand(m, p.shape, self.structure, layout).clone()
+            for name, p, layout, m in zip(self.names, self._params, self._layouts, self._masks)
+        }
 
     def layer_sparsity(self) -> dict[str, float]:
         """The fraction of pruned weights per masked parameter (a host synchronisation; for logging)."""
@@ -351,44 +434,101 @@ class SparsityController:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the weights are masked and pruned optimizer state reset again.
 
+        Every entry is checked before anything changes, so a load either succeeds entirely or
+        changes nothing (masks, counters, generator, weights, optimizer state).
+
         Raises:
-            ValueError: the state is not a controller's, was saved with another configuration,
-                for other parameters or parameter shapes; nothing is changed then.
+            ValueError: naming the first bad entry: a state that is not a controller's, saved
+                with another configuration, for other parameters or shapes, or holding what this
+                controller could not have saved: masks that are not boolean of the unit shape,
+                active counts that are not ints up to the unit count (equal to the mask's count
+                under regrowth, at least it under pruning), active-update counters that are not
+                non-negative integer tensors of the mask's shape (``None`` under pruning), a step
+                that is not a non-negative int, or a generator state the generator refuses.
         """
-        keys = {"config", "names", "shapes", "step", "active", "masks", "active_updates", "generator"}
-        if not isinstance(state_dict, Mapping) or not keys <= set(state_dict):
-            missing = sorted(keys - set(state_dict)) if isinstance(state_dict, Mapping) else sorted(keys)
-            raise ValueError(f"state_dict is not a SparsityController's: it lacks {missing}")
-        for key, value in state_dict["config"].items():
-            if self._config().get(key) != value:
-                raise ValueError(f"state_dict was saved with {key}={value!r}, but this controller has {key}={self._config().get(key)!r}")
-        shapes = [tuple(p.shape) for p in self._params]
-        if list(state_dict["names"]) != self.names or [tuple(s) for s in state_dict["shapes"]] != shapes:
-            raise ValueError(
-                f"state_dict masks {list(zip(state_dict['names'], map(tuple, state_dict['shapes'])))} do not match "
-                f"this model's masked parameters {list(zip(self.names, shapes))}"
-            )
-        saved_masks = list(state_dict["masks"])
-        if len(saved_masks) != len(self._params) or len(state_dict["active"]) != len(self._params):
-            raise ValueError(f"state_dict holds {len(saved_masks)} masks for {len(self._params)} masked parameters")
-        for name, p, m in zip(self.names, self._params, saved_masks):
-            if not isinstance(m, Tensor) or tuple(m.shape) != _unit_shape(p, self.structure):
-                shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-                raise ValueError(f"state_dict mask of {name} has shape {shape}, expected {_unit_shape(p, self.structure)}")
-        if self._active_updates is not None and (
-            state_dict["active_updates"] is None or len(state_dict["active_updates"]) != len(self._params)
-        ):
-            raise ValueError("state_dict lacks the active-update counters that dynamic sparse training keeps")
-        device = self._params[0].device
-        self._masks = [m.to(device, torch.bool) for m in saved_masks]
-        if self._active_updates is not None:
-            self._active_updates = [n.to(device, torch.int32) for n in state_dict["active_updates"]]
+        masks, active_updates = self._check_state_dict(state_dict)
         if self.generator is not None and state_dict["generator"] is not None:
             self.generator.set_state(state_dict["generator"])
+        self._masks = masks
+        self._active_updates = active_updates
         self._active = list(state_dict["active"])
-        self.step_count = int(state_dict["step"])
+        self.step_count = state_dict["step"]
         self._prepared = False
         self._apply_topology(previous=None)
+
+    def _check_state_dict(self, state_dict: object) -> tuple[list[Tensor], list[Tensor] | None]:
+        """Check a whole state dict; its masks and active-update counters, copied to the parameters' devices."""
+        saved = check_saved_keys("state_dict", state_dict, _STATE_KEYS)
+        check_saved_config("state_dict['config']", saved["config"], self._config(), "controller")
+        names, shapes = saved["names"], saved["shapes"]
+        expected = [tuple(p.shape) for p in self._params]
+        if not (
+            isinstance(names, (list, tuple))
+            and list(names) == self.names
+            and isinstance(shapes, (list, tuple))
+            and [tuple(shape) if isinstance(shape, (list, tuple)) else shape for shape in shapes] == expected
+        ):
+            raise ValueError(
+                f"state_dict masks {describe(names)} of shapes {describe(shapes)} do not match "
+                f"this model's masked parameters {list(zip(self.names, expected))}"
+            )
+        count = len(self._params)
+        for key in ("masks", "active"):
+            if not isinstance(saved[key], (list, tuple)) or len(saved[key]) != count:
+                raise ValueError(f"state_dict[{key!r}] must hold one entry per masked parameter ({count}), got {describe(saved[key])}")
+        masks = []
+        for index, (name, p, layout, mask, active) in enumerate(
+            zip(self.names, self._params, self._layouts, saved["masks"], saved["active"])
+        ):
+            shape = _unit_shape(p, self.structure, layout)
+            if not (isinstance(mask, Tensor) and tuple(mask.shape) == shape and mask.dtype == torch.bool):
+                raise ValueError(f"state_dict['masks'][{index}] ({name}) must be a boolean tensor of shape {shape}, got {describe(mask)}")
+            where = f"state_dict['active'][{index}] ({name})"
+            check_saved_count(where, active, below=mask.numel() + 1)
+            kept = int(mask.sum())
+            if kept != active if self.regrow is not None else kept > active:
+                rule = "regrowth keeps them equal" if self.regrow is not None else "pruning keeps at most that many"
+                raise ValueError(f"{where} is {active}, but its mask keeps {kept} units ({rule})")
+            masks.append(mask.to(p.device, copy=True))
+        check_saved_count("state_dict['step']", saved["step"])
+        generator = saved["generator"]
+        if generator is not None:
+            if not (isinstance(generator, Tensor) and generator.dtype == torch.uint8 and generator.dim() == 1):
+                raise ValueError(f"state_dict['generator'] must be None or a generator state (a 1-D uint8 tensor), got {describe(generator)}")
+            if self.generator is not None:
+                try:  # on a fresh generator of the same device: this one is left alone
+                    torch.Generator(self.generator.device).set_state(generator)
+                except RuntimeError as error:
+                    raise ValueError(f"state_dict['generator'] is not a state of this controller's generator: {error}") from error
+        return masks, self._check_active_updates(saved["active_updates"], masks)
+
+    def _check_active_updates(self, saved: object, masks: list[Tensor]) -> list[Tensor] | None:
+        """The saved active-update counters as int32 copies (``None`` under pruning, which keeps none)."""
+        if self.regrow is None:
+            if saved is not None:
+                raise ValueError(f"state_dict['active_updates'] must be None under pruning (regrow=None), got {describe(saved)}")
+            return None
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(masks):
+            raise ValueError(
+                f"state_dict['active_updates'] must hold one counter per masked parameter ({len(masks)}), "
+                f"as dynamic sparse training keeps, got {describe(saved)}"
+            )
+        counters = []
+        for index, (name, mask, counter) in enumerate(zip(self.names, masks, saved)):
+            if not (
+                isinstance(counter, Tensor)
+                and counter.shape == mask.shape
+                and not counter.is_floating_point()
+                and not counter.is_complex()
+                and counter.dtype != torch.bool
+                and bool((counter >= 0).all())
+            ):
+                raise ValueError(
+                    f"state_dict['active_updates'][{index}] ({name}) must be a tensor of non-negative integers "
+                    f"of shape {tuple(mask.shape)}, got {describe(counter)}"
+                )
+            counters.append(counter.to(mask.device, torch.int32, copy=True))
+        return counters
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -416,8 +556,17 @@ def _fraction(name: str, value: object, *, upper: float = 1.0, closed: bool = Fa
     return value
 
 
-def _unit_shape(param: Tensor, structure: str) -> tuple[int, ...]:
-    return tuple(param.shape) if structure == "element" else (unit_count(param.shape, structure),)
+def _unit_shape(param: Tensor, structure: str, layout: Layout) -> tuple[int, ...]:
+    return tuple(param.shape) if structure == "element" else (unit_count(param.shape, structure, layout),)
+
+
+def _layouts(model: nn.Module | None, params: list[Tensor], structure: str) -> list[Layout]:
+    """Each masked parameter's layout, from the module that owns it in ``model``; :data:`DENSE`
+    (``(out, in, ...)``) without a model, for element masks, and for parameters of other modules."""
+    if model is None or structure == "element":
+        return [DENSE] * len(params)
+    owners = parameter_layouts(model)
+    return [owners.get(id(p), (DENSE, ""))[0] for p in params]
 
 
 def _describe(schedule: Schedule) -> str:

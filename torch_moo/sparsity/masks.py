@@ -1,8 +1,11 @@
 r"""Pure mask operations: group scores, top-k selection with deterministic ties, drop and grow.
 
-A mask lives on *units*: single weights (``"element"``), slices along dimension 0 (``"row"``:
-a linear layer's output neuron, a convolution's output channel) or along dimension 1
-(``"column"``: a linear layer's input neuron, a convolution's input channel).
+A mask lives on *units*: single weights (``"element"``), output neurons or channels (``"row"``)
+or input neurons or channels (``"column"``). Where they lie in the weight is its
+``Layout`` (``torch_moo._layout``): along dimensions 0 and 1 of ``nn.Linear`` and ``nn.ConvNd``
+weights (``(out, in / groups, *kernel)``), along dimensions 1 and 0 of ``nn.ConvTransposeNd``
+weights (``(in, out / groups, *kernel)``) and ``nn.Embedding`` tables; with ``groups`` > 1,
+each group's channels along dimension 1 are separate units.
 """
 
 from __future__ import annotations
@@ -12,33 +15,36 @@ import math
 import torch
 from torch import Tensor
 
+from torch_moo._layout import DENSE, Layout, expand_units, unit_axis, unit_count, units_first
+
 __all__ = ["STRUCTURES", "unit_count", "unit_norms", "expand", "top_count", "drop_and_grow", "exploration_bonus"]
 
 STRUCTURES = ("element", "row", "column")
 
 
-def unit_count(shape: torch.Size, structure: str) -> int:
-    """The number of units a tensor of ``shape`` has under ``structure``."""
-    return math.prod(shape) if structure == "element" else shape[0 if structure == "row" else 1]
+def unit_norms(tensor: Tensor, structure: str, layout: Layout = DENSE) -> Tensor:
+    r""":math:`|w|` per element, or the :math:`\ell_2` norm of each unit (float32, dense: a sparse
+    gradient, such as ``nn.Embedding(sparse=True)``'s, is densified, its duplicate entries summed).
 
-
-def unit_norms(tensor: Tensor, structure: str) -> Tensor:
-    r""":math:`|w|` per element, or the :math:`\ell_2` norm of each row or column slice (float32)."""
-    tensor = tensor.detach().float()
+    Example:
+        >>> w = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+        >>> unit_norms(w, "row"), unit_norms(w, "row", Layout(outputs=1))
+        (tensor([5., 1.]), tensor([3.0000, 4.1231]))
+    """
+    tensor = tensor.detach()
+    if tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    tensor = tensor.float()
     if structure == "element":
         return tensor.abs()
-    if structure == "column":
-        tensor = tensor.transpose(0, 1)
-    return torch.linalg.vector_norm(tensor.flatten(1), dim=1)
+    return torch.linalg.vector_norm(units_first(tensor, unit_axis(structure, layout), layout.groups), dim=1)
 
 
-def expand(units: Tensor, shape: torch.Size, structure: str) -> Tensor:
+def expand(units: Tensor, shape: torch.Size, structure: str, layout: Layout = DENSE) -> Tensor:
     """A unit mask (or score) broadcast to the weight's ``shape``."""
     if structure == "element":
         return units
-    view = [1] * len(shape)
-    view[0 if structure == "row" else 1] = -1
-    return units.view(view).expand(shape)
+    return expand_units(units, shape, unit_axis(structure, layout), layout.groups)
 
 
 def top_count(scores: Tensor, count: int) -> Tensor:
