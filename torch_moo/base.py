@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from torch_moo._base_optimizer import build_base
+from torch_moo._checkpoint import check_base_state
 from torch_moo._validation import (
     NONFINITE,
     Nonfinite,
@@ -308,63 +309,8 @@ class MultiObjectiveOptimizer(Optimizer):
             )
         saved = check_saved_keys(f"state_dict[{STATE_KEY!r}]", state_dict[STATE_KEY], {"config", "state"})
         check_saved_config(f"state_dict[{STATE_KEY!r}]['config']", saved["config"], self._config(), name)
-        self._check_base_state(state_dict)
+        check_base_state(type(self).__name__, self.param_groups, self.state, state_dict)
         return self._check_method_state(saved["state"])
-
-    def _check_base_state(self, state_dict: Mapping[str, Any]) -> None:
-        """What :meth:`torch.optim.Optimizer.load_state_dict` would refuse or fail the next step on."""
-        name = type(self).__name__
-        for key in ("state", "param_groups"):
-            if key not in state_dict:
-                raise ValueError(f"state_dict lacks {key!r}, which every optimizer's state_dict holds")
-        groups = state_dict["param_groups"]
-        if not (
-            isinstance(groups, (list, tuple))
-            and all(isinstance(group, Mapping) and isinstance(group.get("params"), (list, tuple)) for group in groups)
-        ):
-            raise ValueError(f"state_dict['param_groups'] must be a list of dicts with a 'params' list, got {describe(groups)}")
-        saved_sizes = [len(group["params"]) for group in groups]
-        sizes = [len(group["params"]) for group in self.param_groups]
-        if saved_sizes != sizes:
-            raise ValueError(
-                f"state_dict was saved for parameter groups of {saved_sizes} parameters, "
-                f"but this {name} has groups of {sizes}"
-            )
-        params: dict[int, Tensor] = {}  # saved index -> parameter (a parameter listed twice keeps one index)
-        saved_ids = [index for group in groups for index in group["params"]]
-        for index, param in zip(saved_ids, (p for group in self.param_groups for p in group["params"])):
-            if not isinstance(index, int) or isinstance(index, bool) or params.setdefault(index, param) is not param:
-                raise ValueError(
-                    f"state_dict['param_groups'] must number each parameter with one int, got {[group['params'] for group in groups]}"
-                )
-        for number, (saved_group, group) in enumerate(zip(groups, self.param_groups)):
-            for key, value in group.items():
-                if key in saved_group and not _same_kind(saved_group[key], value):
-                    raise ValueError(
-                        f"state_dict['param_groups'][{number}][{key!r}] must be of the kind of {value!r}, "
-                        f"got {describe(saved_group[key])}"
-                    )
-        state = state_dict["state"]
-        if not isinstance(state, Mapping):
-            raise ValueError(f"state_dict['state'] must be a dict of per-parameter states, got {describe(state)}")
-        for index, saved_state in state.items():
-            if index not in params:
-                if isinstance(index, int):  # torch keeps other keys as they are (older formats)
-                    raise ValueError(f"state_dict['state'] holds parameter {index}, which no parameter group lists")
-                continue
-            if not isinstance(saved_state, Mapping):
-                raise ValueError(f"state_dict['state'][{index}] must be a dict, got {describe(saved_state)}")
-            current = self.state.get(params[index], {})
-            for key, value in saved_state.items():
-                like = current.get(key)
-                if isinstance(like, Tensor) and not (
-                    (isinstance(value, Tensor) and value.shape == like.shape)
-                    or (like.dim() == 0 and _is_real(value))  # a step saved as a number (older torch)
-                ):
-                    raise ValueError(
-                        f"state_dict['state'][{index}][{key!r}] must be a tensor of shape {tuple(like.shape)} "
-                        f"(as this {name}'s), got {describe(value)}"
-                    )
 
     def _check_method_state(self, saved: object) -> dict[str, Any]:
         """The saved method state, each entry checked against :meth:`_method_state`'s (a tensor of
@@ -478,20 +424,3 @@ _HOOKS = frozenset(
     for kind in ("step_pre", "step_post", "state_dict_pre", "state_dict_post", "load_state_dict_pre", "load_state_dict_post")
 )
 """The attributes in which :class:`torch.optim.Optimizer` keeps its hooks (its ``__setstate__`` recreates them empty)."""
-
-
-def _same_kind(saved: object, current: object) -> bool:
-    """Whether a saved hyperparameter can stand where ``current`` does: a bool for a bool, a real
-    number for a number, a sequence of as many numbers for one (Adam's ``betas``); other kinds
-    (``None``, strings, tensors) are not checked."""
-    if isinstance(current, bool):
-        return isinstance(saved, bool)
-    if _is_real(current):
-        return _is_real(saved)
-    if isinstance(current, (list, tuple)) and all(map(_is_real, current)):
-        return isinstance(saved, (list, tuple)) and len(saved) == len(current) and all(map(_is_real, saved))
-    return True
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
