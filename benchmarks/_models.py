@@ -37,9 +37,15 @@ def build(model: str, k: int, seed: int) -> tuple[MultiHead, Tensor, Tensor]:
         net, x = MultiHead(trunk, 512, k), torch.randn(BATCH, 784)
     elif model == "cnn":
         trunk = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x14x14
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32x7x7
-            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 16x14x14
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 32x7x7
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 128),
+            nn.ReLU(),
         )
         net, x = MultiHead(trunk, 128, k), torch.randn(BATCH, 1, 28, 28)
     else:

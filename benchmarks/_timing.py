@@ -16,7 +16,9 @@ from collections.abc import Callable
 __all__ = ["bootstrap_ratio", "interleave", "median_time", "ratio_row"]
 
 
-def interleave(calls: dict[str, Callable[[], object]], warmup: int, rounds: int, block: int = 1) -> dict[str, list[float]]:
+def interleave(
+    calls: dict[str, Callable[[], object]], warmup: int, rounds: int, block: int = 1
+) -> dict[str, list[float]]:
     """Seconds per call of each variant: ``warmup`` untimed calls each, then ``rounds`` blocks of
     ``block`` consecutive calls per variant in alternating order."""
     for _ in range(warmup):
@@ -44,8 +46,7 @@ def bootstrap_ratio(a: list[float], b: list[float], draws: int, seed: int) -> tu
     """95% percentile interval of median(b) / median(a), resampling calls with replacement."""
     rng = random.Random(seed)
     ratios = sorted(
-        statistics.median(rng.choices(b, k=len(b))) / statistics.median(rng.choices(a, k=len(a)))
-        for _ in range(draws)
+        statistics.median(rng.choices(b, k=len(b))) / statistics.median(rng.choices(a, k=len(a))) for _ in range(draws)
     )
     return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
 

@@ -21,8 +21,9 @@ gradients of size 512 in float64: Gaussian rows; rank-deficient (rows in a 3-dim
 subspace, so the Gram matrix is singular); near-duplicates (pairs 1e-6 apart, relative). Each
 solver's objective :math:`\alpha^\top G \alpha` against quadprog's exact QP on :math:`G`
 scaled to a largest diagonal entry of 1 plus a ridge of 1e-12 (without the scaling it fails):
-the excess in units of :math:`\max_i G_{ii}` (relative to the optimum it means nothing where
-that is 0, as with more gradients than dimensions), and the median solve time. The peers take the gradients as they do in training (LibMTL casts to float32).
+the excess in units of :math:`\\max_i G_{ii}` (relative to the optimum it means nothing where
+that is 0, as with more gradients than dimensions), and the median solve time. The peers take
+the gradients as they do in training (LibMTL casts to float32).
 
 Usage::
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import resource
 import subprocess
 import sys
@@ -45,10 +47,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-import torch_moo as tm
 from _models import build
 from _timing import interleave, ratio_row
+
+import torch_moo as tm
 
 try:
     from _mgda_peers import WEIGHT_PEERS, peer_steps, peer_weights
@@ -136,15 +138,20 @@ def part_memory(args) -> None:
     print()
     print("| model | k | method | growth MB | minus Adam's MB |")
     print("|---|---:|---|---:|---:|")
-    for model in args.models:
-        for k in args.ks:
+    for model in args.models[:1] if args.quick else args.models:  # quick: one process per method, not per setting
+        for k in args.ks[:1] if args.quick else args.ks:
             names = list(all_steps(model, k, args.seed))
             growth = {}
             for name in names:
                 command = [sys.executable, __file__, "--memory-child", name, model, str(k), str(args.seed)]
-                growth[name] = float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
+                growth[name] = float(
+                    subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1]
+                )
             for name in names:
-                print(f"| {model} | {k} | {name} | {growth[name]:.1f} | {growth[name] - growth['Adam (sum)']:.1f} |", flush=True)
+                print(
+                    f"| {model} | {k} | {name} | {growth[name]:.1f} | {growth[name] - growth['Adam (sum)']:.1f} |",
+                    flush=True,
+                )
 
 
 def accuracy_problem(kind: str, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -152,9 +159,13 @@ def accuracy_problem(kind: str, k: int, generator: torch.Generator) -> torch.Ten
     if kind == "gaussian":
         return torch.randn(k, 512, dtype=torch.float64, generator=generator)
     if kind == "rank 3":
-        return torch.randn(k, 3, dtype=torch.float64, generator=generator) @ torch.randn(3, 512, dtype=torch.float64, generator=generator)
+        return torch.randn(k, 3, dtype=torch.float64, generator=generator) @ torch.randn(
+            3, 512, dtype=torch.float64, generator=generator
+        )
     rows = torch.randn((k + 1) // 2, 512, dtype=torch.float64, generator=generator).repeat_interleave(2, dim=0)[:k]
-    return rows + 1e-6 * rows.norm(dim=1, keepdim=True) / 512**0.5 * torch.randn(k, 512, dtype=torch.float64, generator=generator)
+    return rows + 1e-6 * rows.norm(dim=1, keepdim=True) / 512**0.5 * torch.randn(
+        k, 512, dtype=torch.float64, generator=generator
+    )
 
 
 def exact_objective(gram: torch.Tensor) -> float:
@@ -171,7 +182,9 @@ def exact_objective(gram: torch.Tensor) -> float:
 
 def solvers() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     own = {"torch_moo (float64 Gram)": lambda grads: tm.functional.min_norm_weights(grads @ grads.T)[0]}
-    own["torch_moo (float32 Gram)"] = lambda grads: tm.functional.min_norm_weights((grads.float() @ grads.float().T))[0].double()
+    own["torch_moo (float32 Gram)"] = lambda grads: tm.functional.min_norm_weights(grads.float() @ grads.float().T)[
+        0
+    ].double()
     return {**own, **{name: (lambda grads, name=name: peer_weights(name, grads)) for name in WEIGHT_PEERS}}
 
 
@@ -179,7 +192,13 @@ def part_accuracy(args) -> None:
     import statistics
     import time
 
-    print(f"accuracy: {args.problems} problems per k and kind; objective excess over quadprog's exact optimum, in units of max_i G_ii")
+    if importlib.util.find_spec("quadprog") is None:
+        print("accuracy: skipped, the exact QP it compares against needs quadprog (pip install -e .[bench])")
+        return
+    print(
+        f"accuracy: {args.problems} problems per k and kind; "
+        "objective excess over quadprog's exact optimum, in units of max_i G_ii"
+    )
     print()
     print("| kind | k | solver | median excess | worst excess | failures | median solve ms |")
     print("|---|---:|---|---:|---:|---:|---:|")
@@ -201,7 +220,8 @@ def part_accuracy(args) -> None:
                         continue
                     excesses.append(max(float(weights @ gram @ weights) - optimum, 0.0))
                 row = (
-                    f"{statistics.median(excesses):.1e} | {max(excesses):.1e} | {failures} | {1e3 * statistics.median(times):.3f}"
+                    f"{statistics.median(excesses):.1e} | {max(excesses):.1e} | {failures} | "
+                    f"{1e3 * statistics.median(times):.3f}"
                     if excesses
                     else f"- | - | {failures} | -"
                 )
@@ -230,7 +250,7 @@ def main() -> None:
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.ks = [int(k) for k in args.ks.split(",") if k.strip()]
     if args.quick:
-        args.warmup, args.rounds, args.bootstrap, args.ks = 1, 3, 100, args.ks[:2]
+        args.warmup, args.rounds, args.bootstrap, args.ks, args.problems = 1, 3, 100, args.ks[:2], 5
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     print()
     if args.part in ("time", "all"):

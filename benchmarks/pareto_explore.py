@@ -23,8 +23,9 @@ Cost model (units = backward-pass equivalents): one backward of a scalar (a weig
 ChebyshevALM step, one objective's gradient) = 1; a Hessian-vector product (a double backward)
 = 2; a forward-only evaluation = 0. The exploration's counts are measured, not assumed: every
 gradient-enabled evaluation of the loss vector inside an explorer step is charged k = 2 and
-every operator call inside MINRES 2. The script also times one of each on the start model, so
-the cost model can be checked against this machine.
+every MINRES iteration (one Hessian-vector product, reported by each explored point through
+``explore``'s callback) 2. The script also times one of each on the start model, so the cost
+model can be checked against this machine.
 
     python benchmarks/pareto_explore.py            # the README's table, about 3-6 min on 2 cores
     python benchmarks/pareto_explore.py --quick    # smoke check, seconds
@@ -38,35 +39,19 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
 
 import torch_moo as tm
-import torch_moo.exploration
-import torch_moo.tangent
-from torch_moo.datasets import TwoDigits
+from torch_moo.datasets import TwoDigits, TwoHeadMLP
+from torch_moo.exploration import ExploredPoint, explore
 from torch_moo.pareto import hypervolume, non_dominated, simplex_lattice, sweep
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PLOT = HERE.parent / "docs" / "_static" / "pareto_explore.png"
 K = 2  # objectives
-
-
-class TwoHeadMLP(nn.Module):
-    """256 pixels -> ``width`` ReLU units (shared) -> one linear head per digit."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(256, width), nn.ReLU())
-        self.left = nn.Linear(width, 10)
-        self.right = nn.Linear(width, 10)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.trunk(x)
-        return self.left(z), self.right(z)
 
 
 def loss_vector(model: nn.Module, data: tuple[Tensor, Tensor, Tensor]) -> Tensor:
@@ -148,48 +133,35 @@ class Solve:
 
 
 class Recorder:
-    """Instruments explore(): times every explorer step, counts HVPs and gradient evaluations."""
+    """Observes explore() through its callback: times every explorer step, counts HVPs and gradient evaluations."""
 
     def __init__(self) -> None:
         self.solves: list[Solve] = []
         self.gradient_evaluations = 0  # loss vectors evaluated with grad enabled (each charged k)
-        self.hvps = 0
-        self._pending: tuple[int, float] | None = None
-        self._minres = torch_moo.tangent.minres  # the real one, called by the patched name
-
-    def minres(self, operator, rhs, **kwargs):
-        def counted(vector):
-            self.hvps += 1
-            return operator(vector)
-
-        result = self._minres(counted, rhs, **kwargs)
-        scale = float(torch.linalg.vector_norm(rhs)) or 1.0
-        self._pending = (int(result.iterations), float(result.residual_norm) / scale)
-        return result
-
-    def explorer_class(self):
-        recorder = self
-
-        class TimedExplorer(tm.ParetoTangentExplorer):
-            def step(self, closure=None):
-                hvps_before = recorder.hvps
-                start = time.perf_counter()
-                out = super().step(closure)
-                seconds = time.perf_counter() - start
-                iterations, residual = recorder._pending
-                assert iterations == recorder.hvps - hvps_before, "MINRES iterations != operator calls"
-                recorder.solves.append(Solve(seconds, iterations, residual))
-                return out
-
-        return TimedExplorer
+        self.hvps = 0  # MINRES iterations, one Hessian-vector product each
+        self._last = time.perf_counter()  # when the last point was reached
+        self._recording = 0.0  # seconds of forward-only evaluations (explore recording a point) since then
 
     def losses(self, data):
         def evaluate_losses(model: nn.Module) -> Tensor:
             if torch.is_grad_enabled():
                 self.gradient_evaluations += 1
-            return loss_vector(model, data)
+                return loss_vector(model, data)
+            start = time.perf_counter()
+            values = loss_vector(model, data)
+            self._recording += time.perf_counter() - start
+            return values
 
         return evaluate_losses
+
+    def reached(self, point: ExploredPoint) -> None:
+        """explore()'s callback: a step's time is the time since the last point, less recording this one."""
+        now = time.perf_counter()
+        if point.tangent_iterations is not None:  # an explorer step, not a start
+            seconds = now - self._last - self._recording
+            self.hvps += point.tangent_iterations
+            self.solves.append(Solve(seconds, point.tangent_iterations, point.tangent_residual))
+        self._last, self._recording = now, 0.0
 
 
 def run_explore(args, train_data, test_data) -> tuple[Result, Recorder, list]:
@@ -203,22 +175,24 @@ def run_explore(args, train_data, test_data) -> tuple[Result, Recorder, list]:
 
     recorder = Recorder()
     explorer_kwargs = dict(
-        step_size=args.step_size, damping=args.damping, max_iter=args.max_iter, tol=args.tol,
-        corrections=args.corrections, lr=args.correction_lr,
+        step_size=args.step_size,
+        damping=args.damping,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        corrections=args.corrections,
+        lr=args.correction_lr,
     )
     begin = time.perf_counter()
-    with mock.patch.object(torch_moo.tangent, "minres", recorder.minres), mock.patch.object(
-        torch_moo.exploration, "ParetoTangentExplorer", recorder.explorer_class()
-    ):
-        points = torch_moo.exploration.explore(
-            starts, recorder.losses(train_data), steps=args.explore_steps, **explorer_kwargs
-        )
+    points = explore(
+        starts, recorder.losses(train_data), steps=args.explore_steps, callback=recorder.reached, **explorer_kwargs
+    )
     explore_seconds = time.perf_counter() - begin
 
     budget = len(starts) * args.start_steps + K * recorder.gradient_evaluations + 2 * recorder.hvps
     result = Result(
         f"explore ({len(starts)} starts x 2 directions x {args.explore_steps} steps)",
-        budget=budget, seconds=start_seconds + explore_seconds,
+        budget=budget,
+        seconds=start_seconds + explore_seconds,
         note=f"starts {len(starts) * args.start_steps}, {recorder.gradient_evaluations} gradient evals, "
         f"{recorder.hvps} HVPs; {start_seconds:.1f} s starts + {explore_seconds:.1f} s exploring",
     )
@@ -226,8 +200,10 @@ def run_explore(args, train_data, test_data) -> tuple[Result, Recorder, list]:
     result.train = [p.values.tolist() for p in points]
     result.test = [evaluate(probe, p.state, test_data) for p in points]
     alone = Result(
-        f"the {len(starts)} starts alone (explore's step 0)", budget=len(starts) * args.start_steps,
-        seconds=start_seconds, note="for reference: what the exploration steps add",
+        f"the {len(starts)} starts alone (explore's step 0)",
+        budget=len(starts) * args.start_steps,
+        seconds=start_seconds,
+        note="for reference: what the exploration steps add",
     )
     alone.train = [v for v, p in zip(result.train, points) if p.step == 0]
     alone.test = [v for v, p in zip(result.test, points) if p.step == 0]
@@ -257,7 +233,12 @@ def unit_costs(model: nn.Module, data, repeat: int) -> dict[str, float]:
             loss_vector(model, data)
 
     out = {}
-    for name, call in [("forward", forward), ("backward", backward), ("gradient (graph)", graph_gradient), ("HVP", hvp)]:
+    for name, call in [
+        ("forward", forward),
+        ("backward", backward),
+        ("gradient (graph)", graph_gradient),
+        ("HVP", hvp),
+    ]:
         call()
         times = []
         for _ in range(repeat):
@@ -315,7 +296,7 @@ def plot(results: list[Result], references: dict[str, list[float]], path: Path) 
         ax.set_title(title, fontsize=9)
         ax.get_legend().remove()
     handles, labels = axes[0].get_legend_handles_labels()
-    keep = [(h, l) for h, l in zip(handles, labels) if l not in ("reference",)]
+    keep = [(handle, label) for handle, label in zip(handles, labels) if label != "reference"]
     figure.legend(*zip(*keep), loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
@@ -378,7 +359,10 @@ def main() -> None:
         for split in ("train", "test")
     }
     print()
-    print("| method | points | budget | wall s | ND own | ND in union | HV train | ND own (held-out) | ND in union (held-out) | HV held-out |")
+    print(
+        "| method | points | budget | wall s | ND own | ND in union | HV train "
+        "| ND own (held-out) | ND in union (held-out) | HV held-out |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         own, shared, hv = front_stats(r.train, unions["train"], references["train"])

@@ -27,14 +27,15 @@ Not a test: pytest does not collect it (no ``test_`` names, outside ``tests/``).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 
 import torch
+from _timing import interleave
 from torch import nn
 
 from torch_moo.sparsity.export import to_sparse
-from _timing import interleave
 
 LAYOUT_NAMES = {"csr": torch.sparse_csr, "coo": torch.sparse_coo}
 
@@ -103,7 +104,8 @@ def main() -> None:
                     # One A/B pair per layout: a slow COO call between them would also slow the
                     # next dense and CSR calls (caches, thread wake-up), so COO is timed apart.
                     with torch.inference_mode():
-                        times = interleave({"dense": lambda: dense(x), name: lambda: export(x)}, args.warmup, args.rounds)
+                        calls = {"dense": functools.partial(dense, x), name: functools.partial(export, x)}
+                        times = interleave(calls, args.warmup, args.rounds)
                     dense_ms, sparse_ms = (1e3 * statistics.median(times[key]) for key in ("dense", name))
                     print(
                         f"| {model} | {sparsity:g} | {batch} | {name} | {dense_ms:.3f} | {sparse_ms:.3f} | "

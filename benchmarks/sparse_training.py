@@ -2,7 +2,7 @@
 
 Two parts (``--part accuracy|overhead|sweep|all``; ``all`` runs accuracy, then overhead):
 
-**accuracy** -- a two-head CNN (the quickstart's: conv 1->16, conv 16->32, linear 512->128,
+**accuracy** -- a two-head CNN (:class:`torch_moo.datasets.TwoHeadCNN`: conv 1->16, conv 16->32, linear 512->128,
 two heads 128->10) on :class:`torch_moo.datasets.TwoDigits` (20,000 training, 4,000 held-out
 images, data seed 0), trained with Adam (lr 5e-3, batch 128, cosine learning rate per epoch,
 summed cross-entropy of the two tasks) for ``--epochs`` epochs. Every run starts from the same
@@ -99,20 +99,15 @@ import sys
 import time
 import types
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _models import build
+from _timing import interleave, median_time, ratio_row
 from torch import Tensor, nn
 
 import torch_moo as tm
-from torch_moo.datasets import TwoDigits
-
-from _models import build
-from _timing import interleave, median_time, ratio_row
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from quickstart import TwoHeadCNN  # noqa: E402 - the quickstart's two-head CNN, from examples/
+from torch_moo.datasets import TwoDigits, TwoHeadCNN
 
 EXPLORATION = 1e-2  # DST-EE's c, from the sweep in the docstring
 UPDATE_EVERY = 50  # steps between topology updates in the accuracy part
@@ -153,7 +148,9 @@ def accuracy(model: nn.Module, data: tuple[Tensor, Tensor, Tensor]) -> tuple[flo
     outputs = [model(chunk) for chunk in images.split(4096)]
     left_logits = torch.cat([out[0] for out in outputs])
     right_logits = torch.cat([out[1] for out in outputs])
-    return (left_logits.argmax(1) == left).float().mean().item(), (right_logits.argmax(1) == right).float().mean().item()
+    return (left_logits.argmax(1) == left).float().mean().item(), (
+        right_logits.argmax(1) == right
+    ).float().mean().item()
 
 
 def train_one(method: str, sparsity: float, seed: int, train_data, eval_data, args, RigL) -> dict:
@@ -172,14 +169,21 @@ def train_one(method: str, sparsity: float, seed: int, train_data, eval_data, ar
     torch.manual_seed(seed + 1000)  # same random topology stream for every dynamic method
     sparse = rigl = None
     if method == "rigl-torch":
-        rigl = RigL(model, opt, dense_allocation=1 - sparsity, T_end=stop, delta=UPDATE_EVERY, ignore_linear_layers=False)
+        rigl = RigL(
+            model, opt, dense_allocation=1 - sparsity, T_end=stop, delta=UPDATE_EVERY, ignore_linear_layers=False
+        )
         ever = [None if m is None else m.clone() for m in rigl.backward_masks]
     elif method != "dense":
         regrow = None if method == "static" else method.split("-")[0]
         distribution = {"trunk.0.weight": 0.0} if method == "gradient-uniform" else "erk"
         sparse = tm.SparsityController(
-            opt, model=model, sparsity=sparsity, regrow=regrow, distribution=distribution,
-            update_every=UPDATE_EVERY, stop_after=stop if regrow else None,
+            opt,
+            model=model,
+            sparsity=sparsity,
+            regrow=regrow,
+            distribution=distribution,
+            update_every=UPDATE_EVERY,
+            stop_after=stop if regrow else None,
             exploration=args.exploration if regrow == "exploration" else None,
         )
     order = torch.Generator().manual_seed(seed)
@@ -189,15 +193,18 @@ def train_one(method: str, sparsity: float, seed: int, train_data, eval_data, ar
             opt.zero_grad()
             left_logits, right_logits = model(images[batch])
             (F.cross_entropy(left_logits, left[batch]) + F.cross_entropy(right_logits, right[batch])).backward()
-            if rigl is None:
-                opt.step()
-            elif rigl():
+            if rigl is None or rigl():
                 opt.step()
             else:  # a topology update (and no optimizer step)
                 ever = [e if e is None else e | m for e, m in zip(ever, rigl.backward_masks)]
         lr_schedule.step()
     seconds = time.perf_counter() - start
-    result = {"accuracy": accuracy(model, eval_data), "sparsity": weight_sparsity(model), "coverage": None, "seconds": seconds}
+    result = {
+        "accuracy": accuracy(model, eval_data),
+        "sparsity": weight_sparsity(model),
+        "coverage": None,
+        "seconds": seconds,
+    }
     if sparse is not None and sparse.regrow is not None:
         result["coverage"] = sparse.coverage()
     if rigl is not None:
@@ -212,16 +219,19 @@ def summary(values: list[float]) -> str:
 
 
 def part_accuracy(args, RigL) -> None:
-    warnings.filterwarnings("ignore", message=re.escape("Seems like `optimizer.step()` has been overridden"), category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message=re.escape("Seems like `optimizer.step()` has been overridden"), category=UserWarning
+    )
     methods = [m for m in ["static", *DST, "gradient-uniform"] + (["rigl-torch"] if RigL else []) if m in args.methods]
     size = (1024, 512) if args.quick else (None, None)
     train_data = TwoDigits(train=True, size=size[0], seed=0).tensors()
     test_data = TwoDigits(train=False, size=size[1], seed=0).tensors()
     steps = args.epochs * -(-len(train_data[1]) // args.batch_size)
     print(
-        f"accuracy: TwoDigits {len(train_data[1])} train / {len(test_data[1])} held-out, {args.epochs} epochs = {steps} "
-        f"steps, batch {args.batch_size}, Adam lr {args.lr}, update_every {UPDATE_EVERY}, stop_after "
-        f"{int(STOP_FRACTION * steps)}, exploration c {args.exploration:g}, seeds {args.seeds}"
+        f"accuracy: TwoDigits {len(train_data[1])} train / {len(test_data[1])} held-out, "
+        f"{args.epochs} epochs = {steps} steps, batch {args.batch_size}, Adam lr {args.lr}, "
+        f"update_every {UPDATE_EVERY}, stop_after {int(STOP_FRACTION * steps)}, "
+        f"exploration c {args.exploration:g}, seeds {args.seeds}"
     )
     runs = [("dense", 0.0)] * ("dense" in args.methods) + [(m, s) for s in args.sparsities for m in methods]
     print()
@@ -244,7 +254,10 @@ def part_sweep(args) -> None:
     images, left, right = TwoDigits(train=True, size=size, seed=0).tensors()
     cut = int(0.8 * size)
     fit, validation = (images[:cut], left[:cut], right[:cut]), (images[cut:], left[cut:], right[cut:])
-    print(f"sweep: train on {cut}, validate on {size - cut} training-split images, {args.epochs} epochs, seeds {args.seeds}")
+    print(
+        f"sweep: train on {cut}, validate on {size - cut} training-split images, "
+        f"{args.epochs} epochs, seeds {args.seeds}"
+    )
     print()
     print("| sparsity | c | left acc | right acc | mean | per seed (mean of tasks) |")
     print("|---:|---:|---:|---:|---:|---|")
@@ -253,15 +266,20 @@ def part_sweep(args) -> None:
             run_args = copy.copy(args)
             run_args.exploration = c
             method = "gradient" if c == 0 else "exploration"
-            runs = [train_one(method, sparsity, seed, fit, validation, run_args, None)["accuracy"] for seed in args.seeds]
+            runs = [
+                train_one(method, sparsity, seed, fit, validation, run_args, None)["accuracy"] for seed in args.seeds
+            ]
             a, b = statistics.fmean(r[0] for r in runs), statistics.fmean(r[1] for r in runs)
             each = " / ".join(f"{(r[0] + r[1]) / 2:.3f}" for r in runs)
             print(f"| {sparsity} | {c:g} | {a:.3f} | {b:.3f} | {(a + b) / 2:.3f} | {each} |", flush=True)
 
 
 # ------------------------------------------------------------------------------- overhead
-def make_step(kind: str, net: nn.Module, x: Tensor, y: Tensor, RigL, every: int, stop: int | None = None, base: str = "adam"):
-    """A step function for ``kind`` (dense, torch_moo or rigl-torch) on its own copy of ``net``; with its optimizer and controller."""
+def make_step(
+    kind: str, net: nn.Module, x: Tensor, y: Tensor, RigL, every: int, stop: int | None = None, base: str = "adam"
+):
+    """A step function for ``kind`` (dense, torch_moo or rigl-torch) on its own copy of ``net``;
+    with its optimizer and controller."""
     net = copy.deepcopy(net)
     if base == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -269,11 +287,19 @@ def make_step(kind: str, net: nn.Module, x: Tensor, y: Tensor, RigL, every: int,
         opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9)
     controller = None
     if kind == "torch_moo":
-        controller = tm.SparsityController(opt, model=net, sparsity=0.9, regrow="gradient", update_every=every, stop_after=stop)
+        controller = tm.SparsityController(
+            opt, model=net, sparsity=0.9, regrow="gradient", update_every=every, stop_after=stop
+        )
     elif kind == "torch_moo-same-layers":  # rigl-torch's masked set: every weight but the first layer's, uniform
         controller = tm.SparsityController(
-            opt, model=net, params=tm.objectives.sparsifiable_parameters(net)[1:], sparsity=0.9,
-            distribution="uniform", regrow="gradient", update_every=every, stop_after=stop,
+            opt,
+            model=net,
+            params=tm.objectives.sparsifiable_parameters(net)[1:],
+            sparsity=0.9,
+            distribution="uniform",
+            regrow="gradient",
+            update_every=every,
+            stop_after=stop,
         )
     elif kind == "rigl-torch":
         controller = RigL(net, opt, dense_allocation=0.1, T_end=stop or 10**12, delta=every, ignore_linear_layers=False)
@@ -330,7 +356,7 @@ def closure_works(step, x: Tensor, y: Tensor) -> str:
 
     try:
         step.opt.step(closure)
-    except Exception as error:  # noqa: BLE001 - reported, whatever it is
+    except Exception as error:
         return f"no: {type(error).__name__}: {error}"
     return "yes"
 
@@ -423,7 +449,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="accuracy: comma-separated seeds (init, batches, topology)")
     parser.add_argument("--sparsities", default="0.9,0.95,0.98", help="accuracy: comma-separated")
     parser.add_argument(
-        "--methods", default="dense,static,random,gradient,exploration,gradient-uniform,rigl-torch", help="accuracy: comma-separated"
+        "--methods",
+        default="dense,static,random,gradient,exploration,gradient-uniform,rigl-torch",
+        help="accuracy: comma-separated",
     )
     parser.add_argument("--epochs", type=int, default=10, help="accuracy: training epochs")
     parser.add_argument("--lr", type=float, default=5e-3, help="accuracy: Adam learning rate")
@@ -441,11 +469,14 @@ def main() -> None:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.quick:
-        args.epochs, args.seeds = 1, args.seeds[:1]
+        args.epochs, args.seeds, args.sparsities = 1, args.seeds[:1], args.sparsities[:1]
 
     torch.set_num_threads(args.threads)
     RigL = import_rigl()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, rigl-torch {'installed' if RigL else 'not installed'}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"rigl-torch {'installed' if RigL else 'not installed'}"
+    )
     print()
     start = time.perf_counter()
     if args.part == "sweep":

@@ -30,10 +30,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-import torch_moo
 from _models import BATCH, build
 from _timing import interleave, ratio_row
+
+import torch_moo
 
 METHODS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "ChebyshevALM": lambda params, k: torch_moo.ChebyshevALM(
@@ -47,25 +47,29 @@ def make_steps(model: str, k: int, seed: int, methods: list[str]) -> dict[str, C
     """One step function for Adam on the summed loss and one per torch_moo method, each on its own model copy."""
     net, x, y = build(model, k, seed)
     labels = [y[:, i] for i in range(k)]
-
-    def adam_step(net=net, opt=torch.optim.Adam(net.parameters(), lr=1e-3)) -> None:
-        opt.zero_grad()
-        losses = [F.cross_entropy(out, label) for out, label in zip(net(x), labels)]
-        sum(losses).backward()
-        opt.step()
-
-    steps = {"Adam": adam_step}
+    steps = {"Adam": _step(net, torch.optim.Adam(net.parameters(), lr=1e-3), x, labels)}
     for name in methods:
         copy_ = copy.deepcopy(net)
-
-        def method_step(net=copy_, opt=METHODS[name](copy_.parameters(), k)) -> None:
-            opt.zero_grad()
-            losses = [F.cross_entropy(out, label) for out, label in zip(net(x), labels)]
-            opt.backward(torch.stack(losses))
-            opt.step()
-
-        steps[name] = method_step
+        steps[name] = _step(copy_, METHODS[name](copy_.parameters(), k), x, labels)
     return steps
+
+
+def _step(
+    net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, labels: list[torch.Tensor]
+) -> Callable[[], None]:
+    """One training step: ``sum(losses).backward()`` for Adam, ``opt.backward(losses)`` for a torch_moo method."""
+    moo = isinstance(opt, torch_moo.MultiObjectiveOptimizer)
+
+    def step() -> None:
+        opt.zero_grad()
+        losses = [F.cross_entropy(out, label) for out, label in zip(net(x), labels)]
+        if moo:
+            opt.backward(torch.stack(losses))
+        else:
+            sum(losses).backward()
+        opt.step()
+
+    return step
 
 
 def main() -> None:
@@ -86,7 +90,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    ks = [int(k) for k in args.ks.split(",") if k.strip()][: 2 if args.quick else None]  # quick: the first two
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -103,7 +107,10 @@ def main() -> None:
         for k in ks:
             times = interleave(make_steps(model, k, args.seed, methods), args.warmup, args.rounds, args.block)
             for name in methods:
-                print(f"| {model} | {k} | {name} | {ratio_row(times['Adam'], times[name], args.bootstrap, args.seed)} |", flush=True)
+                print(
+                    f"| {model} | {k} | {name} | {ratio_row(times['Adam'], times[name], args.bootstrap, args.seed)} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

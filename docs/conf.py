@@ -24,9 +24,9 @@ import torch_moo  # noqa: E402
 
 # -- Project -------------------------------------------------------------------------------
 project = "torch_moo"
-author = "torch_moo contributors"
-copyright = "torch_moo contributors"
-release = torch_moo.__version__
+author = "the torch_moo authors"
+copyright = "2026 the torch_moo authors"
+release = torch_moo.__version__  # the one version source (pyproject reads it too)
 version = ".".join(release.split(".")[:2])
 
 # -- General -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """PyTorch Lightning: a sparse two-task CNN trained with a torch_moo optimizer, manual optimization.
 
-The quickstart's :class:`TwoHeadCNN` on :class:`torch_moo.datasets.TwoDigits` (no download),
+The :class:`~torch_moo.datasets.TwoHeadCNN` on :class:`torch_moo.datasets.TwoDigits` (no download),
 inside a :class:`lightning.pytorch.LightningModule`. ``configure_optimizers`` returns a
 :class:`torch_moo.ChebyshevALM` (preference between the two tasks' cross-entropies) and a
 cosine learning-rate schedule, and attaches a :class:`torch_moo.SparsityController` (80% of
@@ -9,10 +9,10 @@ optimization calls ``loss.backward()`` on one scalar, so the module uses manual 
 
 .. code-block:: python
 
-    opt = self.optimizers()            # a LightningOptimizer around the ChebyshevALM
+    opt = self.optimizers()  # a LightningOptimizer around the ChebyshevALM
     opt.zero_grad()
-    opt.backward(losses, scaler=...)   # torch_moo's backward, through Lightning's wrapper
-    opt.step()                         # Lightning's step: precision plugin, hooks, then ours
+    opt.backward(losses, scaler=...)  # torch_moo's backward, through Lightning's wrapper
+    opt.step()  # Lightning's step: precision plugin, hooks, then ours
 
 ``self.manual_backward`` is not used: it calls ``loss.backward()`` and would scale the loss vector under ``16-mixed``.
 Under ``16-mixed`` the precision plugin's :class:`torch.amp.GradScaler` is passed to
@@ -37,12 +37,17 @@ import torch
 from torch.nn.functional import cross_entropy
 
 import torch_moo as tm
-from quickstart import TwoHeadCNN, predict  # the quickstart's model, beside this file
-from torch_moo.datasets import TwoDigits
+from torch_moo.datasets import TwoDigits, TwoHeadCNN
 
 HYPERPARAMETERS = {
-    "lr": 5e-3, "preference": (0.5, 0.5), "penalty": 1.0, "outer_every": 20,
-    "sparsity": 0.8, "update_every": 10, "total_steps": 100, "seed": 0,
+    "lr": 5e-3,
+    "preference": (0.5, 0.5),
+    "penalty": 1.0,
+    "outer_every": 20,
+    "sparsity": 0.8,
+    "update_every": 10,
+    "total_steps": 100,
+    "seed": 0,
 }
 
 
@@ -51,12 +56,25 @@ def build(model: torch.nn.Module, hp: dict[str, Any], sparsity_state: dict | Non
 
     ``hp`` overrides :data:`HYPERPARAMETERS`; ``sparsity_state`` is a saved controller state to resume from."""
     hp = {**HYPERPARAMETERS, **hp}
-    opt = tm.ChebyshevALM(model.parameters(), num_objectives=2, preference=list(hp["preference"]),
-                          penalty=hp["penalty"], outer_every=hp["outer_every"], lr=hp["lr"])
+    opt = tm.ChebyshevALM(
+        model.parameters(),
+        num_objectives=2,
+        preference=list(hp["preference"]),
+        penalty=hp["penalty"],
+        outer_every=hp["outer_every"],
+        lr=hp["lr"],
+    )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp["total_steps"])
-    sparse = tm.SparsityController(opt, model=model, sparsity=hp["sparsity"], regrow="exploration",
-                                   update_every=hp["update_every"], stop_after=hp["total_steps"],
-                                   generator=torch.Generator().manual_seed(hp["seed"]), state_dict=sparsity_state)
+    sparse = tm.SparsityController(
+        opt,
+        model=model,
+        sparsity=hp["sparsity"],
+        regrow="exploration",
+        update_every=hp["update_every"],
+        stop_after=hp["total_steps"],
+        generator=torch.Generator().manual_seed(hp["seed"]),
+        state_dict=sparsity_state,
+    )
     return opt, schedule, sparse
 
 
@@ -69,8 +87,12 @@ def task_losses(model: torch.nn.Module, batch) -> torch.Tensor:
 
 def loader(data, *, batch_size: int, seed: int, shuffle: bool = True) -> torch.utils.data.DataLoader:
     """Mini-batches of ``(images, left, right)`` in an order fixed by ``seed``."""
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=batch_size,
-                                       shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*data),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def grad_scaler(trainer: L.Trainer) -> torch.amp.GradScaler | None:
@@ -118,10 +140,12 @@ class MultiTaskModule(L.LightningModule):
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, data) -> tuple[float, float]:
+def accuracy(model: TwoHeadCNN, data) -> tuple[float, float]:
     images, left, right = data
-    left_logits, right_logits = predict(model, images)
-    return (left_logits.argmax(1) == left).float().mean().item(), (right_logits.argmax(1) == right).float().mean().item()
+    left_logits, right_logits = model.predict(images)
+    return (left_logits.argmax(1) == left).float().mean().item(), (
+        right_logits.argmax(1) == right
+    ).float().mean().item()
 
 
 def quiet() -> None:
@@ -139,7 +163,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=HYPERPARAMETERS["lr"])
     parser.add_argument("--sparsity", type=float, default=HYPERPARAMETERS["sparsity"])
-    parser.add_argument("--precision", default="32-true", help="Lightning's precision: 32-true, bf16-mixed, 16-mixed (GPU)")
+    parser.add_argument(
+        "--precision", default="32-true", help="Lightning's precision: 32-true, bf16-mixed, 16-mixed (GPU)"
+    )
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny data and one epoch, for the tests")
@@ -154,19 +180,32 @@ def main() -> None:
     train_loader = loader(train_data, batch_size=args.batch_size, seed=args.seed)
 
     torch.manual_seed(args.seed)
-    module = MultiTaskModule(lr=args.lr, sparsity=args.sparsity, seed=args.seed,
-                             total_steps=args.epochs * len(train_loader))
-    trainer = L.Trainer(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, precision=args.precision,
-                        deterministic=True, enable_checkpointing=False, logger=False,
-                        enable_progress_bar=not args.smoke, enable_model_summary=False)
+    module = MultiTaskModule(
+        lr=args.lr, sparsity=args.sparsity, seed=args.seed, total_steps=args.epochs * len(train_loader)
+    )
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        deterministic=True,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=not args.smoke,
+        enable_model_summary=False,
+    )
     trainer.fit(module, train_loader)
 
     moo = module.optimizers().optimizer
     left, right = accuracy(module.net.cpu(), test_data)
-    print(f"TwoDigits: {len(train_data[1])} training and {len(test_data[1])} held-out images, {args.epochs} epochs, "
-          f"{trainer.global_step} steps, precision {args.precision}")
-    print(f"ChebyshevALM multipliers {[round(v, 4) for v in moo.multipliers.tolist()]}, "
-          f"final lr {moo.param_groups[0]['lr']:.2e}")
+    print(
+        f"TwoDigits: {len(train_data[1])} training and {len(test_data[1])} held-out images, {args.epochs} epochs, "
+        f"{trainer.global_step} steps, precision {args.precision}"
+    )
+    print(
+        f"ChebyshevALM multipliers {[round(v, 4) for v in moo.multipliers.tolist()]}, "
+        f"final lr {moo.param_groups[0]['lr']:.2e}"
+    )
     print(f"held-out accuracy: left {left:.3f}  right {right:.3f}   sparsity {module.sparse.sparsity():.1%}")
     print(f"total {time.perf_counter() - begin:.1f} s")
 

@@ -2,10 +2,10 @@
 
 Two problems:
 
-1. The test problem of Ma, Du & Matusik (ICML 2020) whose Pareto set is known: three variables,
-   two objectives, the set is the cylinder :math:`x_1^2 + x_2^2 = \\pi` and the front
-   :math:`f_2 = 1 - f_1^2`. From a point on the set, the explorer steps toward each objective in
-   turn; each explored point is printed with its distance to the true front.
+1. The test problem of Ma, Du & Matusik (ICML 2020) whose Pareto set is known
+   (:func:`torch_moo.problems.cylinder`: the set is the cylinder :math:`x_1^2 + x_2^2 = \\pi`,
+   the front :math:`f_2 = 1 - f_1^2`). From a point on the set, the explorer steps toward each
+   objective in turn; each explored point is printed with its distance to the true front.
 2. A small two-task network on :class:`torch_moo.datasets.TwoDigits` (full batch, so the front
    is deterministic). The same optimizer first trains it to a Pareto-stationary point with MGDA
    steps (``backward(losses)`` then ``step()``), then :func:`torch_moo.exploration.explore`
@@ -28,50 +28,27 @@ products with relative residual about 2e-2; 28 of the 32 points (start, explored
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 
 import torch_moo as tm
-from torch_moo.datasets import TwoDigits
+from torch_moo.datasets import TwoDigits, TwoHeadMLP
 from torch_moo.exploration import explore, local_pareto_set
 from torch_moo.pareto import non_dominated
-
-
-def cylinder_problem(x: torch.Tensor) -> torch.Tensor:
-    """Ma, Du & Matusik's test problem (n = 3, m = 2)."""
-    r2 = x[1] ** 2 + x[2] ** 2
-    u0 = torch.sin(x[0] + r2) / 2 + 0.5
-    u1 = torch.cos(r2) / 2 + 0.5
-    g = 1 + 9 / 2 * (u1 + u1)
-    return torch.stack([u0, g * (1 - (u0 / g) ** 2)])
+from torch_moo.problems import cylinder, cylinder_point
 
 
 def explore_cylinder(steps: int) -> None:
     print("1. the cylinder problem: distance of each explored point to the front f2 = 1 - f1^2")
-    radius = math.sqrt(math.pi)
     for beta in ([1.0, 0.0], [0.0, 1.0]):
-        x = torch.tensor([0.2 - math.pi, radius * math.cos(0.7), radius * math.sin(0.7)], dtype=torch.float64, requires_grad=True)
+        x = cylinder_point(0.2, 0.7)
         opt = tm.ParetoTangentExplorer([x], num_objectives=2, beta=beta, step_size=0.05, damping=1e-3, max_iter=10)
         for _ in range(steps):
-            opt.step(lambda: cylinder_problem(x))
-            f = cylinder_problem(x.detach())
+            opt.step(lambda x=x: cylinder(x))
+            f = cylinder(x.detach())
             print(f"   beta={beta}  f = ({f[0]:.4f}, {f[1]:.4f})  |f2 - (1 - f1^2)| = {abs(f[1] - 1 + f[0] ** 2):.1e}")
-
-
-class TwoHeadMLP(nn.Module):
-    """A narrow shared trunk (so that the two tasks compete) and one linear head per task."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(256, width), nn.ReLU())
-        self.heads = nn.ModuleList(nn.Linear(width, 10) for _ in range(2))
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        z = self.trunk(images)
-        return [head(z) for head in self.heads]
 
 
 def explore_digits(train_steps: int, explore_steps: int, size: int) -> None:
@@ -92,16 +69,25 @@ def explore_digits(train_steps: int, explore_steps: int, size: int) -> None:
         opt.step()
         schedule.step()
     start = losses(model).detach()
-    print(f"   start: losses ({start[0]:.3f}, {start[1]:.3f}), KKT residual ||sum_i alpha_i g_i||^2 = {opt.stationarity:.2e}")
-    points = explore(model, losses, steps=explore_steps, step_size=0.1, damping=0.1, max_iter=20, corrections=2, lr=0.05)
+    print(
+        f"   start: losses ({start[0]:.3f}, {start[1]:.3f}), "
+        f"KKT residual ||sum_i alpha_i g_i||^2 = {opt.stationarity:.2e}"
+    )
+    points = explore(
+        model, losses, steps=explore_steps, step_size=0.1, damping=0.1, max_iter=20, corrections=2, lr=0.05
+    )
     for p in points[1:]:
-        print(f"   direction e{p.direction + 1}, step {p.step}: losses ({p.values[0]:.3f}, {p.values[1]:.3f}), "
-              f"{p.tangent_iterations} HVPs, relative residual {p.tangent_residual:.1e}")
+        print(
+            f"   direction e{p.direction + 1}, step {p.step}: losses ({p.values[0]:.3f}, {p.values[1]:.3f}), "
+            f"{p.tangent_iterations} HVPs, relative residual {p.tangent_residual:.1e}"
+        )
     first_steps = [p.state for p in points if p.step == 1]
     _, combined, _ = local_pareto_set(model, losses, points[0].state, first_steps, divisions=4)
     values = torch.cat([torch.stack([p.values for p in points]), combined])
-    print(f"   {len(points)} explored points and {len(combined)} convex combinations of the start and its first "
-          f"neighbours: {int(non_dominated(values).sum())} of {len(values)} are non-dominated")
+    print(
+        f"   {len(points)} explored points and {len(combined)} convex combinations of the start and its first "
+        f"neighbours: {int(non_dominated(values).sum())} of {len(values)} are non-dominated"
+    )
 
 
 def main() -> None:
@@ -110,7 +96,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     explore_cylinder(steps=2 if args.smoke else 6)
-    explore_digits(train_steps=20 if args.smoke else 1500, explore_steps=2 if args.smoke else 8, size=256 if args.smoke else 2048)
+    explore_digits(
+        train_steps=20 if args.smoke else 1500, explore_steps=2 if args.smoke else 8, size=256 if args.smoke else 2048
+    )
 
 
 if __name__ == "__main__":

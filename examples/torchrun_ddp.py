@@ -1,6 +1,6 @@
 """torchrun + DistributedDataParallel: a sparse two-task CNN, every rank taking the same step.
 
-A plain training loop (the quickstart's :class:`TwoHeadCNN` on :class:`torch_moo.datasets.TwoDigits`,
+A plain training loop (the :class:`~torch_moo.datasets.TwoHeadCNN` on :class:`torch_moo.datasets.TwoDigits`,
 no download) with the standard pieces of data-parallel training:
 :class:`~torch.utils.data.distributed.DistributedSampler` (each rank its shard of every epoch),
 :class:`~torch.nn.parallel.DistributedDataParallel`, a torch_moo optimizer, a cosine schedule
@@ -48,8 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 import torch_moo as tm
-from quickstart import TwoHeadCNN  # the quickstart's model, beside this file
-from torch_moo.datasets import TwoDigits
+from torch_moo.datasets import TwoDigits, TwoHeadCNN
 
 METHODS = ("chebyshev", "minmax", "mgda", "mgda-full")
 
@@ -110,12 +109,18 @@ def evaluate(module, data) -> tuple[float, float, float]:
     outputs = [module(chunk)[1:] for chunk in images.split(1024)]
     left_logits, right_logits = torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
     loss = (cross_entropy(left_logits, left) + cross_entropy(right_logits, right)).item() / 2
-    return loss, (left_logits.argmax(1) == left).float().mean().item(), (right_logits.argmax(1) == right).float().mean().item()
+    return (
+        loss,
+        (left_logits.argmax(1) == left).float().mean().item(),
+        (right_logits.argmax(1) == right).float().mean().item(),
+    )
 
 
 def fingerprint(module, opt, sparse) -> dict[str, torch.Tensor]:
     """Everything that must agree across ranks, each as one flat float64 vector."""
-    method = [v.reshape(-1).double() for v in opt.state_dict()["torch_moo"]["state"].values() if isinstance(v, torch.Tensor)]
+    method = [
+        v.reshape(-1).double() for v in opt.state_dict()["torch_moo"]["state"].values() if isinstance(v, torch.Tensor)
+    ]
     return {
         "parameters": torch.cat([p.detach().reshape(-1).double() for p in module.parameters()]),
         "masks": torch.cat([m.reshape(-1).double() for m in sparse.masks.values()]),
@@ -157,17 +162,27 @@ def main() -> None:
         loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True)
 
         torch.manual_seed(args.seed)  # DDP broadcasts rank 0's initial weights anyway
-        model = DistributedDataParallel(FeatureCNN().to(device), device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            FeatureCNN().to(device), device_ids=[device.index] if device.type == "cuda" else None
+        )
         opt = make_optimizer(args.method, model.parameters(), args.lr)
         steps = args.epochs * len(loader)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        sparse = tm.SparsityController(opt, model=model.module, sparsity=args.sparsity, regrow="exploration",
-                                       update_every=max(1, steps // 10), stop_after=steps,
-                                       generator=torch.Generator(device).manual_seed(args.seed))
+        sparse = tm.SparsityController(
+            opt,
+            model=model.module,
+            sparsity=args.sparsity,
+            regrow="exploration",
+            update_every=max(1, steps // 10),
+            stop_after=steps,
+            generator=torch.Generator(device).manual_seed(args.seed),
+        )
         loss_before = evaluate(model.module, train_data)[0]
         if rank == 0:
-            print(f"{world_size} rank(s), backend {dist.get_backend()}, device {device.type}, method {args.method}, "
-                  f"{len(loader)} steps per epoch of {args.batch_size} images per rank")
+            print(
+                f"{world_size} rank(s), backend {dist.get_backend()}, device {device.type}, method {args.method}, "
+                f"{len(loader)} steps per epoch of {args.batch_size} images per rank"
+            )
         for epoch in range(args.epochs):
             sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
             total = torch.zeros(2, device=device)
@@ -183,17 +198,32 @@ def main() -> None:
         checks = fingerprint(model.module, opt, sparse)
         identical = {name: identical_across_ranks(tensor) for name, tensor in checks.items()}
         digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in checks.values())).hexdigest()
-        print(f"rank {rank}: " + ", ".join(f"{name} {'identical' if same else 'DIFFERENT'}" for name, same in identical.items())
-              + f" across {world_size} rank(s); sha256 {digest[:16]}", flush=True)
+        print(
+            f"rank {rank}: "
+            + ", ".join(f"{name} {'identical' if same else 'DIFFERENT'}" for name, same in identical.items())
+            + f" across {world_size} rank(s); sha256 {digest[:16]}",
+            flush=True,
+        )
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
-            torch.save({"rank": rank, "world_size": world_size, "sha256": digest, "identical": identical,
-                        **{name: t.cpu() for name, t in checks.items()},
-                        "loss_before": loss_before, "loss_after": loss_after}, args.out / f"rank{rank}.pt")
+            torch.save(
+                {
+                    "rank": rank,
+                    "world_size": world_size,
+                    "sha256": digest,
+                    "identical": identical,
+                    **{name: t.cpu() for name, t in checks.items()},
+                    "loss_before": loss_before,
+                    "loss_after": loss_after,
+                },
+                args.out / f"rank{rank}.pt",
+            )
         dist.barrier()
         if rank == 0:
-            print(f"training loss {loss_before:.3f} -> {loss_after:.3f}; held-out accuracy: left {left:.3f}  "
-                  f"right {right:.3f}   sparsity {sparse.sparsity():.1%}   total {time.perf_counter() - begin:.1f} s")
+            print(
+                f"training loss {loss_before:.3f} -> {loss_after:.3f}; held-out accuracy: left {left:.3f}  "
+                f"right {right:.3f}   sparsity {sparse.sparsity():.1%}   total {time.perf_counter() - begin:.1f} s"
+            )
         if not all(identical.values()):
             raise SystemExit(f"rank {rank}: ranks disagree: {identical}")
     finally:

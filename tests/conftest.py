@@ -1,7 +1,20 @@
+import os
+
+import pytest
 import torch
 from hypothesis import settings
 
+from tests.helpers import OPTIMIZERS
+
 # Torch's first call of an op is slow; deadlines would make the property tests flaky.
 settings.register_profile("torch_moo", deadline=None, max_examples=100)
-settings.load_profile("torch_moo")
+# CI: the same examples on every run, and a failure prints the blob that reproduces it.
+settings.register_profile("ci", parent=settings.get_profile("torch_moo"), derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "torch_moo"))
 torch.set_num_threads(2)
+
+
+@pytest.fixture(params=sorted(OPTIMIZERS))
+def method(request: pytest.FixtureRequest) -> str:
+    """The name of each entry of :data:`tests.helpers.OPTIMIZERS` in turn."""
+    return request.param

@@ -1,13 +1,13 @@
 """torch_moo: multi-objective, multi-task and sparse training as a drop-in for :mod:`torch.optim`."""
 
-from torch_moo import datasets, exploration, functional, objectives, pareto, sparsity
+from torch_moo import datasets, exploration, functional, objectives, pareto, problems, sparsity
 from torch_moo.base import LossSpaceOptimizer, MultiObjectiveOptimizer
 from torch_moo.chebyshev import ChebyshevALM
 from torch_moo.fixed import FixedWeighting
 from torch_moo.mgda import MultiGradientDescent
 from torch_moo.minmax import MinMaxWeighting
-from torch_moo.tangent import ParetoTangentExplorer
 from torch_moo.sparsity import SparsityController
+from torch_moo.tangent import ParetoTangentExplorer
 
 __all__ = [
     "ChebyshevALM",
@@ -23,6 +23,7 @@ __all__ = [
     "functional",
     "objectives",
     "pareto",
+    "problems",
     "sparsity",
 ]
 __version__ = "0.1.0"

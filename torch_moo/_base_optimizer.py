@@ -14,7 +14,7 @@ __all__ = ["build_base"]
 
 
 def build_base(
-    method: type,
+    method: type[Optimizer],
     params: Any,
     base: type[Optimizer] | Optimizer | None,
     base_kwargs: Mapping[str, Any],
@@ -32,8 +32,8 @@ def build_base(
         if base is not None:
             raise TypeError(f"{name} got an optimizer as its first argument and base={base!r}: pass one of them")
         base, params = params, None
-    built = isinstance(base, Optimizer)
-    base_class = type(base) if built else default if base is None else base
+    built = base if isinstance(base, Optimizer) else None
+    base_class = type(built) if built is not None else default if base is None else base
     if not (isinstance(base_class, type) and issubclass(base_class, Optimizer)):
         raise TypeError(f"base must be a torch.optim.Optimizer subclass or instance, got {base!r}")
     if callable(getattr(base_class, "backward", None)):
@@ -43,12 +43,12 @@ def build_base(
             f"base={base_class.__name__} needs a closure at every step, which {name} cannot give it: "
             f"{name}.backward writes the combined gradient once (use a first-order optimizer such as Adam or SGD)"
         )
-    _check_keywords(method, None if built else base_class, base_kwargs)
-    if not built:
+    _check_keywords(method, None if built is not None else base_class, base_kwargs)
+    if built is None:
         return base_class(params, **base_kwargs)
     if params is not None:
-        _check_same_parameters(name, params, base)
-    return base
+        _check_same_parameters(name, params, built)
+    return built
 
 
 def _needs_closure(base_class: type[Optimizer]) -> bool:
@@ -63,7 +63,9 @@ def _keywords(function: Any, skip: int) -> tuple[set[str], bool]:
     return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def _check_keywords(method: type, base_class: type[Optimizer] | None, base_kwargs: Mapping[str, Any]) -> None:
+def _check_keywords(
+    method: type[Optimizer], base_class: type[Optimizer] | None, base_kwargs: Mapping[str, Any]
+) -> None:
     own, _ = _keywords(method.__init__, skip=2)  # self, params
     accepted, open_ended = _keywords(base_class.__init__, skip=2) if base_class is not None else (set(), False)
     unknown = [key for key in base_kwargs if key not in accepted]

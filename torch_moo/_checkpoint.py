@@ -27,7 +27,9 @@ def check_base_state(
         isinstance(groups, (list, tuple))
         and all(isinstance(group, Mapping) and isinstance(group.get("params"), (list, tuple)) for group in groups)
     ):
-        raise ValueError(f"state_dict['param_groups'] must be a list of dicts with a 'params' list, got {describe(groups)}")
+        raise ValueError(
+            f"state_dict['param_groups'] must be a list of dicts with a 'params' list, got {describe(groups)}"
+        )
     saved_sizes = [len(group["params"]) for group in groups]
     sizes = [len(group["params"]) for group in param_groups]
     if saved_sizes != sizes:
@@ -40,7 +42,8 @@ def check_base_state(
     for index, param in zip(saved_ids, (p for group in param_groups for p in group["params"])):
         if not isinstance(index, int) or isinstance(index, bool) or params.setdefault(index, param) is not param:
             raise ValueError(
-                f"state_dict['param_groups'] must number each parameter with one int, got {[group['params'] for group in groups]}"
+                "state_dict['param_groups'] must number each parameter with one int, "
+                f"got {[group['params'] for group in groups]}"
             )
     for number, (saved_group, group) in enumerate(zip(groups, param_groups)):
         for key, value in group.items():

@@ -7,10 +7,12 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 from torch import Tensor
+
+_Choice = TypeVar("_Choice")
 
 
 def check_count(name: str, value: object, minimum: int = 1) -> int:
@@ -45,10 +47,10 @@ def check_root(name: str, value: object) -> Path:
     return Path(value).expanduser()
 
 
-def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+def check_choice(name: str, value: object, choices: Sequence[_Choice]) -> _Choice:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value  # type: ignore[return-value]
+    return cast(_Choice, value)  # one of the choices
 
 
 def check_vector(name: str, value: object, length: int) -> Tensor:
@@ -90,7 +92,8 @@ def check_losses(losses: object, num_objectives: int, *, check_finite: bool) -> 
             if isinstance(loss, Tensor):
                 if loss.numel() != 1:
                     raise ValueError(
-                        f"losses[{index}] must be a scalar, got shape {tuple(loss.shape)} (reduce it, e.g. with .mean())"
+                        f"losses[{index}] must be a scalar, got shape {tuple(loss.shape)} "
+                        "(reduce it, e.g. with .mean())"
                     )
             elif isinstance(loss, bool) or not isinstance(loss, (int, float)):
                 raise TypeError(f"losses[{index}] must be a scalar tensor or a number, got {type(loss).__name__}")
@@ -100,10 +103,14 @@ def check_losses(losses: object, num_objectives: int, *, check_finite: bool) -> 
         device = tensors[0].device if tensors else None
         floating = [t.dtype for t in tensors if t.is_floating_point()]
         dtype = functools.reduce(torch.promote_types, floating) if floating else torch.get_default_dtype()
-        losses = torch.stack([
-            loss.reshape(()).to(device) if isinstance(loss, Tensor) else torch.tensor(float(loss), dtype=dtype, device=device)
-            for loss in entries
-        ])
+        losses = torch.stack(
+            [
+                loss.reshape(()).to(device)
+                if isinstance(loss, Tensor)
+                else torch.tensor(float(loss), dtype=dtype, device=device)
+                for loss in entries
+            ]
+        )
     else:
         raise TypeError(f"losses must be a 1-D tensor or a sequence of scalars, got {type(losses).__name__}")
     if losses.numel() != num_objectives:
@@ -169,7 +176,9 @@ def check_saved_config(where: str, saved: object, current: Mapping[str, Any], ow
         if key not in current:
             raise ValueError(f"{where} holds {key!r}, a setting this {owner} does not have")
         if not _same(saved[key], current[key]):
-            raise ValueError(f"state_dict was saved with {key}={saved[key]!r}, but this {owner} has {key}={current[key]!r}")
+            raise ValueError(
+                f"state_dict was saved with {key}={saved[key]!r}, but this {owner} has {key}={current[key]!r}"
+            )
 
 
 def _same(saved: object, current: object) -> bool:

@@ -44,7 +44,7 @@ class MultiObjectiveOptimizer(Optimizer):
 
         opt.zero_grad()
         opt.backward(losses)  # per-objective losses -> combined gradient in .grad
-        opt.step()            # base update, then the method's own state
+        opt.step()  # base update, then the method's own state
 
     Subclasses implement :meth:`_combine` (how ``.grad`` is filled), :meth:`_advance` (the
     method's state update after the base step) and the hooks that save that state.
@@ -226,13 +226,13 @@ class MultiObjectiveOptimizer(Optimizer):
                 "call opt.backward(losses) with the per-objective losses first, "
                 "or pass step() a closure that returns them"
             )
-        skip = self._pending_skip
-        if skip:  # nonfinite="skip": no base step (nor its hooks), no method state update
-            self._discard_pending()
+        skip, total = self._pending_skip, self._pending_sum
+        if skip or total is None:  # nonfinite="skip": no base step (nor its hooks), no method state update
+            self._discard_pending()  # (total is None only when every backward skipped)
         else:
             self.base.step()
             # Loss values are detached and the method's state needs no grad: no graph is recorded.
-            self._advance(self._pending_sum if self._pending_count == 1 else self._pending_sum / self._pending_count)
+            self._advance(total if self._pending_count == 1 else total / self._pending_count)
         self._reset_pending()
         self._last_skipped = skip
 
@@ -279,21 +279,24 @@ class MultiObjectiveOptimizer(Optimizer):
         Torch's load builds new state and group objects and leaves the old ones untouched (it only
         rebinds ``state`` and ``param_groups``), so rebinding the old ones restores them.
         """
-        previous = {"state": self.base.state, "param_groups": self.base.param_groups}
+        previous: dict[str, Any] = {"state": self.base.state, "param_groups": self.base.param_groups}
         try:
             super().load_state_dict(state_dict)
             self.base.__setstate__({"state": self.state, "param_groups": self.param_groups})
             for number, (group, before) in enumerate(zip(self.param_groups, previous["param_groups"])):
                 missing = sorted(map(str, set(before) - set(group)))
                 if missing:
-                    raise ValueError(f"state_dict['param_groups'][{number}] lacks {missing}, which {type(self.base).__name__} reads")
+                    raise ValueError(
+                        f"state_dict['param_groups'][{number}] lacks {missing}, which {type(self.base).__name__} reads"
+                    )
         except Exception as error:
             self.base.__dict__.update(previous)  # as Optimizer.__setstate__ does, without the base's own upgrades
             self._share_base()
             if isinstance(error, ValueError):
                 raise
             raise ValueError(
-                f"{type(self.base).__name__} refuses state_dict's 'state' and 'param_groups': {type(error).__name__}: {error}"
+                f"{type(self.base).__name__} refuses state_dict's 'state' and 'param_groups': "
+                f"{type(error).__name__}: {error}"
             ) from error
         self._share_base()
 
@@ -333,7 +336,9 @@ class MultiObjectiveOptimizer(Optimizer):
     def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
         """``{key: (holds, rule)}`` for a saved method state whose entries have the right types and
         shapes: by default every tensor finite; subclasses add or replace rules."""
-        return {key: (torch.isfinite(value).all(), "finite") for key, value in state.items() if isinstance(value, Tensor)}
+        return {
+            key: (torch.isfinite(value).all(), "finite") for key, value in state.items() if isinstance(value, Tensor)
+        }
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning's LightningOptimizer wraps an optimizer by becoming an instance of a subclass
@@ -385,7 +390,8 @@ class MultiObjectiveOptimizer(Optimizer):
         losses skip that step (``nonfinite="skip"``)."""
 
     def _finite(self, values: Tensor) -> Tensor | None:
-        """``None`` when :meth:`backward` has already rejected or skipped non-finite losses, else whether ``values`` are finite."""
+        """``None`` when :meth:`backward` has already rejected or skipped non-finite losses, else whether
+        ``values`` are finite."""
         return None if self._checks_finite else all_finite(values)
 
     def _config(self) -> dict[str, Any]:
@@ -412,7 +418,7 @@ class LossSpaceOptimizer(MultiObjectiveOptimizer):
     def _weights(self, values: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _combine(self, losses, values, *, features, scaler, retain_graph):  # noqa: D102 (documented on the base)
+    def _combine(self, losses, values, *, features, scaler, retain_graph):
         weights = self._weights(values)
         gradient = weights if scaler is None else scaler.scale(weights)
         losses.backward(gradient.to(losses.device, losses.dtype), retain_graph=retain_graph)
@@ -421,6 +427,14 @@ class LossSpaceOptimizer(MultiObjectiveOptimizer):
 
 _HOOKS = frozenset(
     f"_optimizer_{kind}_hooks"
-    for kind in ("step_pre", "step_post", "state_dict_pre", "state_dict_post", "load_state_dict_pre", "load_state_dict_post")
+    for kind in (
+        "step_pre",
+        "step_post",
+        "state_dict_pre",
+        "state_dict_post",
+        "load_state_dict_pre",
+        "load_state_dict_post",
+    )
 )
-"""The attributes in which :class:`torch.optim.Optimizer` keeps its hooks (its ``__setstate__`` recreates them empty)."""
+"""The attributes in which :class:`torch.optim.Optimizer` keeps its hooks (its ``__setstate__`` recreates them
+empty)."""

@@ -27,32 +27,23 @@ class ChebyshevALM(LossSpaceOptimizer):
 
     Hotegni, Peitz & Berkemeier, *Multi-Objective Optimization for Sparse Deep Neural Network
     Training*, arXiv:2308.12243 (IJCNN 2024). For the preference :math:`k` (normalised to sum
-    to one), reference point :math:`a` and augmentation :math:`\varepsilon` it solves
-
-    .. math::
-
-        \min_{\theta, t}\ t \quad \text{s.t.} \quad
-        k_i \Big( (f_i - a_i) + \varepsilon \sum_j (f_j - a_j) \Big) - t \le 0,
-
-    which reaches every Pareto-optimal point for some :math:`k`, also on non-convex parts of
-    the front that no weighted sum reaches. The inner problem
-    :math:`\min_{\theta, t} t + \sum_i \psi(c_i, \lambda_i, \mu)` (PHR form, see
-    :func:`~torch_moo.functional.phr_penalty`) is minimised over :math:`t` exactly (it is
-    one-dimensional and piecewise quadratic, :func:`~torch_moo.functional.optimal_level`) and
-    over :math:`\theta` by the base optimizer, with one backward pass of
-    :math:`\sum_j \omega_j f_j` per step. The weights are the gradient of the inner problem with
-    respect to the losses, rescaled to sum to one:
-
-    .. math::
-
-        d = \operatorname{proj}_\Delta(\lambda + \mu g), \qquad
-        \omega \propto k \odot d + \varepsilon \textstyle\sum_i k_i d_i.
+    to one), reference point :math:`a` and augmentation :math:`\varepsilon` it solves the
+    augmented weighted Chebyshev problem (constraints :math:`c_i = g_i - t \le 0` on a level
+    :math:`t`) by its augmented Lagrangian in PHR form, both stated in
+    :mod:`torch_moo.functional.chebyshev`. The Lagrangian is minimised over :math:`t` exactly
+    (:func:`~torch_moo.functional.optimal_level`) and over :math:`\theta` by the base
+    optimizer, with one backward pass of :math:`\sum_j \omega_j f_j` per step. The weights
+    :math:`\omega` are its gradient with respect to the losses, rescaled to sum to one: the
+    multiplier estimate :math:`d = \operatorname{proj}_\Delta(\lambda + \mu g)`
+    (:func:`~torch_moo.functional.multiplier_estimate`) carried through :math:`g` by
+    :func:`~torch_moo.functional.chebyshev_objective_weights`.
 
     Small :math:`\mu` gives the multipliers' weighted sum, large :math:`\mu` the worst
-    objective alone. Where the front is not convex, the inner problem is locally convex only
-    above a problem-dependent penalty (the tests' Fonseca-Fleming front needs 10; 1 stalls). Every ``outer_every`` steps (or on :meth:`outer_step`) the multipliers take
-    the averaged first-order update :math:`\lambda \leftarrow \max(0, \lambda + \mu\,\bar c)`
-    and :math:`\mu \leftarrow \min(\rho\mu, \mu_{\max})`.
+    objective alone (choosing it: the ChebyshevALM page of the documentation). Every
+    ``outer_every`` steps (or on :meth:`outer_step`) the multipliers and the penalty take the
+    update :math:`\lambda \leftarrow \max(0, \lambda + \mu\,\bar c)` and
+    :math:`\mu \leftarrow \min(\rho\mu, \mu_{\max})`, with :math:`\bar c` the constraint values
+    averaged over the steps since the last update.
 
     ``multiplier_update="reference"`` reproduces the authors' code instead: the Lagrangian
     :math:`t + \lambda^\top c + \tfrac{\mu}{2}\|c\|^2` (inequalities treated as equalities, no
@@ -77,17 +68,16 @@ class ChebyshevALM(LossSpaceOptimizer):
         outer_every: steps between automatic outer updates (``None``: only on :meth:`outer_step`).
             The default, 100, averages the multiplier estimate over 100 mini-batches and moves
             the multipliers a few times per epoch; the paper updates once per ALM iteration (a
-            few epochs). Measured on the README's loop (3 epochs, 157 batches each, 3 seeds),
-            50-200 steps all match plain Adam's held-out accuracy; 1 follows the batch noise and
-            loses 0.01-0.03. With ``penalty_growth > 1`` choose it so that :math:`\mu` grows once
-            per pass over the data, or call :meth:`outer_step` per epoch with ``None``.
+            few epochs). On the README's loop, updates every 50 to 200 steps train as well as
+            plain Adam on the summed losses, while an update every step follows the batch noise.
+            With ``penalty_growth > 1`` choose it so that :math:`\mu` grows once per pass over the
+            data, or call :meth:`outer_step` per epoch with ``None``.
         multiplier_update: ``"phr"`` (default) or ``"reference"``.
         nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
-        >>> opt = ChebyshevALM(model.parameters(), num_objectives=2, preference=[0.5, 0.5],
-        ...                    outer_every=10, lr=1e-2)
+        >>> opt = ChebyshevALM(model.parameters(), num_objectives=2, preference=[0.5, 0.5], outer_every=10, lr=1e-2)
         >>> x = torch.randn(8, 4)
         >>> for _ in range(3):
         ...     opt.zero_grad()
@@ -128,13 +118,15 @@ class ChebyshevALM(LossSpaceOptimizer):
         self.penalty_growth = check_real("penalty_growth", penalty_growth, minimum=1.0)
         self.max_penalty = check_real("max_penalty", max_penalty, minimum=penalty)
         self.outer_every = None if outer_every is None else check_count("outer_every", outer_every)
-        self.multiplier_update = check_choice("multiplier_update", multiplier_update, ["phr", "reference"])
+        self.multiplier_update: MultiplierRule = check_choice(
+            "multiplier_update", multiplier_update, ["phr", "reference"]
+        )
         super().__init__(params, num_objectives=num_objectives, nonfinite=nonfinite, base=base, **base_kwargs)
 
         device = self._device
         self.preference = (preference / preference.sum()).to(device)
         self.tracks_ideal = reference == "ideal"
-        fixed = torch.zeros(num_objectives) if reference is None or self.tracks_ideal else reference
+        fixed = reference if isinstance(reference, Tensor) else torch.zeros(num_objectives)  # None or "ideal": zeros
         self._reference = fixed.to(device)
         self._ideal = torch.full((num_objectives,), float("inf"), device=device)
         self._multipliers = torch.full((num_objectives,), 1.0 / num_objectives, device=device)
@@ -207,7 +199,7 @@ class ChebyshevALM(LossSpaceOptimizer):
 
     def _advance(self, values: Tensor) -> None:
         cached_values, estimate = self._last_estimate
-        if cached_values is not values:
+        if cached_values is not values or estimate is None:
             estimate = self._estimate(values)
         finite = self._finite(values)
         self._estimates.add(estimate, finite)

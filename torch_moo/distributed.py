@@ -31,7 +31,8 @@ def mean_across_ranks(tensor: Tensor) -> Tensor:
 
 
 def means_across_ranks(tensors: list[Tensor]) -> list[Tensor]:
-    """:func:`mean_across_ranks` of several tensors of one dtype, in one all-reduce (``tensors`` themselves without a process group)."""
+    """:func:`mean_across_ranks` of several tensors of one dtype, in one all-reduce (``tensors`` themselves
+    without a process group)."""
     if not _world() or not tensors:
         return tensors
     flat = mean_across_ranks(torch.cat([tensor.reshape(-1) for tensor in tensors]))
@@ -45,7 +46,9 @@ def broadcast_from_first(tensors: list[Tensor]) -> list[Tensor]:
     """
     if not _world() or not tensors:
         return tensors
-    flat = torch.cat([tensor.reshape(-1).to(torch.uint8 if tensor.dtype == torch.bool else tensor.dtype) for tensor in tensors])
+    flat = torch.cat(
+        [tensor.reshape(-1).to(torch.uint8 if tensor.dtype == torch.bool else tensor.dtype) for tensor in tensors]
+    )
     dist.broadcast(flat, src=0)
     return [
         part.view_as(tensor).to(tensor.dtype)

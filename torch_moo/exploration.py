@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +56,10 @@ def _point(
     state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     if opt is None:
         return ExploredPoint(_evaluate(model, losses), state, start, direction, step)
-    solve, residual = opt.tangent_solve, opt.tangent_residual
-    return ExploredPoint(_evaluate(model, losses), state, start, direction, step, int(solve.iterations), float(residual))
+    solve, residual = opt.tangent_solve, opt.tangent_residual  # None while every step was skipped (nonfinite="skip")
+    iterations = None if solve is None else int(solve.iterations)
+    residual_value = None if residual is None else float(residual)
+    return ExploredPoint(_evaluate(model, losses), state, start, direction, step, iterations, residual_value)
 
 
 def explore(
@@ -65,6 +68,7 @@ def explore(
     *,
     directions: Sequence[Sequence[float]] | Tensor | None = None,
     steps: int = 5,
+    callback: Callable[[ExploredPoint], None] | None = None,
     **explorer_kwargs: Any,
 ) -> list[ExploredPoint]:
     r"""Explore the Pareto set from each starting model along each trade-off direction.
@@ -82,6 +86,9 @@ def explore(
         directions: the :math:`\beta` vectors, one per row; default the unit vectors
             :math:`e_1, \dots, e_k` (trade toward each objective in turn).
         steps: exploration steps per start and direction.
+        callback: called with each point as soon as it is reached, in the order of the returned
+            list (a start before its directions' steps): to log, time or plot the exploration
+            as it runs.
         **explorer_kwargs: passed to :class:`~torch_moo.ParetoTangentExplorer` (``step_size``,
             ``damping``, ``corrections``, the base optimizer's ``lr`` ...).
 
@@ -104,8 +111,14 @@ def explore(
         raise TypeError("models must be an nn.Module or a non-empty sequence of them")
     check_count("steps", steps)
     points: list[ExploredPoint] = []
+
+    def reached(point: ExploredPoint) -> None:
+        points.append(point)
+        if callback is not None:
+            callback(point)
+
     for start, model in enumerate(models):
-        points.append(_point(model, losses, start, -1, 0))
+        reached(_point(model, losses, start, -1, 0))
         k = len(points[-1].values)
         table = torch.eye(k) if directions is None else torch.as_tensor(directions, dtype=torch.float32)
         if table.dim() != 2 or table.shape[1] != k:
@@ -114,8 +127,8 @@ def explore(
             explorer_model = copy.deepcopy(model)
             opt = ParetoTangentExplorer(explorer_model.parameters(), num_objectives=k, beta=beta, **explorer_kwargs)
             for step in range(1, steps + 1):
-                opt.step(lambda: losses(explorer_model))
-                points.append(_point(explorer_model, losses, start, direction, step, opt))
+                opt.step(functools.partial(losses, explorer_model))
+                reached(_point(explorer_model, losses, start, direction, step, opt))
     return points
 
 

@@ -15,7 +15,14 @@ from torch_moo._validation import Nonfinite, all_finite, check_choice, check_rea
 from torch_moo.base import MultiObjectiveOptimizer
 from torch_moo.distributed import mean_across_ranks, means_across_ranks
 from torch_moo.functional._scale import power_of_two
-from torch_moo.functional.mgda import NORMALIZATIONS, Normalization, _gram_float64, _scale_to_unit_, _unit_gram, normalized_gram
+from torch_moo.functional.mgda import (
+    NORMALIZATIONS,
+    Normalization,
+    _gram_float64,
+    _scale_to_unit_,
+    _unit_gram,
+    normalized_gram,
+)
 from torch_moo.functional.min_norm import min_norm_weights
 
 __all__ = ["MultiGradientDescent"]
@@ -125,7 +132,7 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         base: type[Optimizer] | Optimizer | None = None,
         **base_kwargs: Any,
     ) -> None:
-        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+        self.normalization: Normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         if moments is not None:
             if not (isinstance(moments, Sequence) and len(moments) == 2):
                 raise TypeError(f"moments must be None or a pair (beta1, beta2), got {moments!r}")
@@ -166,28 +173,34 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         listed twice (torch.optim warns) gets its gradient computed and written once."""
         return list({id(p): p for group in self.param_groups for p in group["params"] if p.requires_grad}.values())
 
-    def _combine(self, losses, values, *, features, scaler, retain_graph):  # noqa: D102 (documented on the base)
+    def _combine(self, losses, values, *, features, scaler, retain_graph):
         if self.normalization in ("loss", "loss+") and self._checks_finite and not bool((values > 0).all()):
             raise ValueError(f"normalization={self.normalization!r} needs positive losses, got {values.tolist()}")
         seed = losses.new_ones(())
         if scaler is not None:
             seed = scaler.scale(seed).reshape(()).to(losses.dtype)
         if features is None:
-            return self._combine_parameters(_objective_roots(losses), seed, values, retain_graph, scaled=scaler is not None)
+            return self._combine_parameters(
+                _objective_roots(losses), seed, values, retain_graph, scaled=scaler is not None
+            )
         if self.moments is not None:
             raise ValueError("moments need the per-parameter gradients: call backward(losses) without features")
         return self._combine_features(losses, seed, values, features, retain_graph)
 
     def _solve(self, gram: Tensor, values: Tensor, dtype: torch.dtype) -> Tensor:
         """The weights, in ``dtype`` (the gradients'), from the float64 Gram matrix of :func:`_gram_float64`."""
-        alpha, self._gap = min_norm_weights(normalized_gram(gram, values, self.normalization), start=self._previous_alpha)
+        alpha, self._gap = min_norm_weights(
+            normalized_gram(gram, values, self.normalization), start=self._previous_alpha
+        )
         alpha = alpha.to(dtype)
         self._previous_alpha = alpha
         applied = alpha.to(gram.dtype)
         self._stationarity = applied @ gram @ applied
         return alpha
 
-    def _combine_parameters(self, roots: list, seed: Tensor, values: Tensor, retain_graph: bool, scaled: bool) -> Tensor:
+    def _combine_parameters(
+        self, roots: list, seed: Tensor, values: Tensor, retain_graph: bool, scaled: bool
+    ) -> Tensor:
         params = self._params()
         k = self.num_objectives
         rows = [_gradients(root, params, seed, retain_graph or i < k - 1) for i, root in enumerate(roots)]
@@ -204,7 +217,8 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         return alpha
 
     def _head_gradients(self, alpha: Tensor, owners: Sequence[int], grads: Sequence[Tensor]) -> list[Tensor]:
-        """The gradients of parameters that one objective reaches: their own, or ``alpha`` times it (``heads="weighted"``)."""
+        """The gradients of parameters that one objective reaches: their own, or ``alpha`` times it
+        (``heads="weighted"``)."""
         if self.heads == "own":
             return list(grads)
         return [alpha[i].to(g.dtype) * g for i, g in zip(owners, grads)]
@@ -219,7 +233,8 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         if self._exp_avg.shape[1] != sum(p.numel() for p in params):
             raise RuntimeError(
                 f"moments were sized for {self._exp_avg.shape[1]} parameter entries at construction, "
-                f"the optimizer now has {sum(p.numel() for p in params)} (add_param_group is not supported with moments)"
+                f"the optimizer now has {sum(p.numel() for p in params)} "
+                "(add_param_group is not supported with moments)"
             )
         beta1, beta2 = self.moments  # type: ignore[misc]
         jacobian = mean_across_ranks(_jacobian(rows, params, range(len(params))))
@@ -249,7 +264,9 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
     ) -> Tensor:
         features = [features] if isinstance(features, Tensor) else list(features)
         if not features or not all(isinstance(f, Tensor) and f.requires_grad for f in features):
-            raise ValueError("features must be a tensor (or a sequence of tensors) that requires grad: the shared representation")
+            raise ValueError(
+                "features must be a tensor (or a sequence of tensors) that requires grad: the shared representation"
+            )
         roots = _objective_roots(losses)
         # heads="weighted" needs alpha before the heads' backward: the per-objective passes first
         single = len(features) == 1 and self.heads == "own"
@@ -261,8 +278,11 @@ class MultiGradientDescent(MultiObjectiveOptimizer):
         _check_reached([bool(nodes) for nodes in consumers])
         return self._backward_capturing_features(losses, seed, values, features[0], retain_graph, consumers)
 
-    def _features_gradient(self, rows: Sequence[Sequence[Tensor | None]], features: Sequence[Tensor], values: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """MGDA-UB's weights from the objectives' feature gradients ``rows``, and the combined gradient per feature tensor."""
+    def _features_gradient(
+        self, rows: Sequence[Sequence[Tensor | None]], features: Sequence[Tensor], values: Tensor
+    ) -> tuple[Tensor, list[Tensor]]:
+        """MGDA-UB's weights from the objectives' feature gradients ``rows``, and the combined gradient per
+        feature tensor."""
         jacobian = _jacobian(rows, features, range(len(features)))
         alpha, direction = self._combined(jacobian, values, reduce_gram=True)
         pieces = direction.split([f.numel() for f in features])
@@ -380,7 +400,9 @@ def _check_reached(reached: Sequence[bool]) -> None:
             )
 
 
-def _feature_consumers(roots: Sequence[Tensor | GradientEdge | None], feature: Tensor) -> list[list[tuple[Any, int]]] | None:
+def _feature_consumers(
+    roots: Sequence[Tensor | GradientEdge | None], feature: Tensor
+) -> list[list[tuple[Any, int]]] | None:
     """For each objective, the autograd nodes on its paths that take ``feature`` as an input, with the slot.
 
     ``None`` when the objectives' shares of the feature gradient cannot be told apart in one
@@ -432,11 +454,11 @@ def _jacobian(rows: Sequence[Sequence[Tensor | None]], tensors: Sequence[Tensor]
     """The ``k x n`` matrix of the objectives' gradients over ``tensors[indices]``, flattened (zeros where unreached).
 
     One ``cat`` into one buffer: building rows first and stacking them costs a second copy, and
-    on the CPU the fresh allocations page-fault (7 ms for 16 x 131k floats, 4x the copy itself).
+    on the CPU the fresh allocations page-fault (``benchmarks/README.md``, "MultiGradientDescent").
     """
     reference, zero = tensors[0], tensors[0].new_zeros(())
     pieces = [
-        zero.expand(tensors[j].numel()) if row[j] is None else row[j].reshape(-1).to(reference.dtype)
+        zero.expand(tensors[j].numel()) if (gradient := row[j]) is None else gradient.reshape(-1).to(reference.dtype)
         for row in rows
         for j in indices
     ]

@@ -157,8 +157,11 @@ class MinMaxWeighting(LossSpaceOptimizer):
 
     def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
         weights = state["task_weights"]
-        # k float32 entries of the simplex, each rounded by at most 2^-24, sum to within k * 2^-24 of 1; 16x that is allowed
-        on_simplex = torch.isfinite(weights).all() & ((weights.double().sum() - 1).abs() <= self.num_objectives * 2.0**-20)
+        # k float32 entries of the simplex, each rounded by at most 2^-24, sum to within k * 2^-24 of 1;
+        # 16x that is allowed
+        on_simplex = torch.isfinite(weights).all() & (
+            (weights.double().sum() - 1).abs() <= self.num_objectives * 2.0**-20
+        )
         if self.ascent == "mirror":  # the mirror step takes the weights' log
             weights_rule = (on_simplex & (weights > 0).all(), "positive and summing to 1 (ascent='mirror')")
         else:

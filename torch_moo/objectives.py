@@ -30,8 +30,9 @@ def sparsifiable_parameters(module: nn.Module) -> list[nn.Parameter]:
 def _select(name: str, params_or_module: nn.Module | Tensor | Iterable[Tensor]) -> list[Tensor]:
     """The tensors an objective penalises: a module's :func:`sparsifiable_parameters`, a single
     tensor, or every tensor of an iterable."""
+    params: list[Tensor]
     if isinstance(params_or_module, nn.Module):
-        params = sparsifiable_parameters(params_or_module)
+        params = list(sparsifiable_parameters(params_or_module))
     elif isinstance(params_or_module, Tensor):
         params = [params_or_module]
     else:
@@ -153,7 +154,8 @@ class ReweightedL1:
             raise ValueError(f"state_dict['references'] must be a list of tensors, got {type(saved).__name__}")
         if len(saved) != len(self.params):
             raise ValueError(
-                f"state_dict holds {len(saved)} references, but this ReweightedL1 penalises {len(self.params)} parameters"
+                f"state_dict holds {len(saved)} references, "
+                f"but this ReweightedL1 penalises {len(self.params)} parameters"
             )
         references = []
         for index, (value, param) in enumerate(zip(saved, self.params)):
@@ -254,7 +256,8 @@ def _growl_weights(weights: object) -> tuple[float, float] | Tensor:
     for i in range(len(values) - 1):
         if values[i + 1] > values[i]:
             raise ValueError(
-                f"weights must be nonincreasing, got {values} (weights[{i + 1}]={values[i + 1]} > weights[{i}]={values[i]})"
+                f"weights must be nonincreasing, got {values} "
+                f"(weights[{i + 1}]={values[i + 1]} > weights[{i}]={values[i]})"
             )
     return vector
 

@@ -11,7 +11,7 @@ import itertools
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -79,7 +79,9 @@ def hypervolume(points: object, reference: object) -> float:
     values = _points(points)
     ref = torch.as_tensor(reference, dtype=torch.float64).detach().cpu()
     if ref.shape != (values.shape[1],):
-        raise ValueError(f"reference must have {values.shape[1]} entries (one per objective), got shape {tuple(ref.shape)}")
+        raise ValueError(
+            f"reference must have {values.shape[1]} entries (one per objective), got shape {tuple(ref.shape)}"
+        )
     inside = values[(values < ref).all(dim=1)]
     if len(inside) == 0:
         return 0.0
@@ -153,8 +155,8 @@ def knee_point(points: object) -> int:
         normal = torch.linalg.solve(extremes, torch.ones(m, dtype=torch.float64))
         depth = (1 - scaled @ normal) / normal.norm()
         if depth.max() > 1e-9:  # otherwise every point lies on or above the hyperplane
-            return candidates[(depth >= depth.max() - 1e-9).nonzero()[0, 0]].item()
-    return candidates[scaled.norm(dim=1).argmin()].item()
+            return int(candidates[(depth >= depth.max() - 1e-9).nonzero()[0, 0]])
+    return int(candidates[scaled.norm(dim=1).argmin()])
 
 
 def simplex_lattice(num_objectives: int, divisions: int) -> Tensor:
@@ -238,9 +240,11 @@ def _objective_vector(values: object) -> Tensor:
 def _evaluate(run: Callable[[Tensor], object], preference: Tensor) -> tuple[Tensor, object]:
     """One run: its objective vector (one value per preference entry, finite) and its payload."""
     result = run(preference.clone())
-    first = result[0] if isinstance(result, tuple) and len(result) == 2 else None
-    is_pair = first is not None and not (isinstance(first, numbers.Real) or getattr(first, "ndim", None) == 0)
-    values, payload = result if is_pair else (result, None)
+    values, payload = result, None
+    if isinstance(result, tuple) and len(result) == 2:
+        first = result[0]
+        if first is not None and not (isinstance(first, numbers.Real) or getattr(first, "ndim", None) == 0):
+            values, payload = result
     call = f"run({preference.tolist()})"
     expected = f"{len(preference)} objective values (one per preference entry) or a pair (values, payload)"
     try:
@@ -284,7 +288,7 @@ def sweep(run: Callable[[Tensor], object], preferences: object) -> Front:
         if (row < 0).any() or not (row > 0).any():
             raise ValueError(f"every preference must be non-negative and not all zero; row {index} is {row.tolist()}")
     outcomes = [_evaluate(run, row) for row in table]
-    return Front(table, torch.stack([values for values, _ in outcomes]), [payload for _, payload in outcomes])
+    return Front(table, torch.stack([values for values, _ in outcomes]), tuple(payload for _, payload in outcomes))
 
 
 _SAME_WEIGHT = 1e-9  # weight vectors this close (max-norm) count as already run
@@ -405,12 +409,13 @@ def weighted_sum_knee_search(
             break
         weights.append(ties[lengths.argmax()])
         outcomes.append(_evaluate(run, weights[-1]))
-    front = Front(torch.stack(weights), torch.stack([vector for vector, _ in outcomes]), [payload for _, payload in outcomes])
+    values = torch.stack([vector for vector, _ in outcomes])
+    front = Front(torch.stack(weights), values, tuple(payload for _, payload in outcomes))
     path = _front_path(front.values)
     if len(path) < 3:
         return front, front.knee()
     _, _, angles = _segments(front.values[path])
-    return front, path[1 + (angles[:-1] - angles[1:]).argmax().item()]
+    return front, path[1 + int((angles[:-1] - angles[1:]).argmax())]
 
 
 def plot_front(
@@ -467,14 +472,15 @@ def plot_front(
         raise ValueError(f"{m} objectives need {'3-D' if m == 3 else '2-D'} Axes, got {ax.name!r} Axes")
 
     mask = non_dominated(values)
-    depth = {"depthshade": False} if m == 3 else {}  # 3-D shading would fade distant points too
+    depth: dict[str, Any] = {"depthshade": False} if m == 3 else {}  # 3-D shading would fade distant points too
     ax.scatter(*values[mask].T.tolist(), color="C0", label="non-dominated", zorder=3, **depth)
     if not mask.all():
         ax.scatter(*values[~mask].T.tolist(), color="0.5", alpha=0.35, label="dominated", zorder=2, **depth)
     if m == 2:
         _draw_staircase(ax, values[mask], box)
     if knee is not None:
-        ax.scatter(*values[knee].tolist(), marker="*", s=200, color="C3", label="knee", zorder=4)
+        # The star-arguments are the point's 2 or 3 coordinates; mypy cannot tell they never reach s.
+        ax.scatter(*values[knee].tolist(), marker="*", s=200, color="C3", label="knee", zorder=4)  # type: ignore[misc]
     if box is not None:
         ax.scatter(*box.tolist(), marker="x", color="k", label="reference", zorder=4)
     for axis, name in zip("xyz", names):

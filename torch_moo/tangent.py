@@ -12,9 +12,9 @@ from torch.optim import Optimizer
 from torch_moo._validation import Nonfinite, check_count, check_real, check_vector
 from torch_moo.base import Losses
 from torch_moo.distributed import mean_across_ranks
+from torch_moo.functional._scale import power_of_two, vector_norm
 from torch_moo.functional.curvature import hessian_vector_product
 from torch_moo.functional.krylov import MinresResult, minres
-from torch_moo.functional._scale import power_of_two, vector_norm
 from torch_moo.functional.mgda import _scale_to_unit_, _unit_gram
 from torch_moo.mgda import MultiGradientDescent, _jacobian, _objective_roots, _strided
 
@@ -79,7 +79,9 @@ class ParetoTangentExplorer(MultiGradientDescent):
     Example:
         >>> x = torch.tensor([0.5, -0.5], requires_grad=True)
         >>> def losses():  # f_i = ||x - p_i||^2; the Pareto set is the segment from p_1 to p_2
-        ...     return torch.stack([(x - torch.tensor([0.0, 0.0])).square().sum(), (x - torch.tensor([1.0, -1.0])).square().sum()])
+        ...     return torch.stack(
+        ...         [(x - torch.tensor([0.0, 0.0])).square().sum(), (x - torch.tensor([1.0, -1.0])).square().sum()]
+        ...     )
         >>> opt = ParetoTangentExplorer([x], num_objectives=2, beta=[1.0, 0.0], step_size=0.1, damping=0.0)
         >>> _ = opt.step(losses)  # from the middle of the segment toward p_1
         >>> x.detach()
@@ -143,9 +145,10 @@ class ParetoTangentExplorer(MultiGradientDescent):
     def tangent_residual(self) -> Tensor | None:
         r"""The last solve's relative residual :math:`\|J^\top\beta - (H + \delta I) v\| / \|J^\top\beta\|`
         (MINRES's estimate; ``None`` before an exploration step)."""
-        if self._tangent_solve is None:
+        solve, rhs_norm = self._tangent_solve, self._tangent_rhs_norm  # set together
+        if solve is None or rhs_norm is None:
             return None
-        return self._tangent_solve.residual_norm / torch.where(self._tangent_rhs_norm > 0, self._tangent_rhs_norm, 1.0)
+        return solve.residual_norm / torch.where(rhs_norm > 0, rhs_norm, 1.0)
 
     def step(self, closure: Callable[[], Losses] | None = None) -> Losses | None:  # type: ignore[override]
         """With a closure, one exploration step; without, the MGDA step of the last :meth:`backward`.
@@ -159,9 +162,11 @@ class ParetoTangentExplorer(MultiGradientDescent):
         Returns:
             The closure's losses at the start of the step (detached), or ``None``.
         """
-        with torch.enable_grad():
-            losses = None if closure is None else closure()
-        if losses is None:  # no closure, or one that did its own backward (Lightning's)
+        losses = None
+        if closure is not None:
+            with torch.enable_grad():
+                losses = closure()
+        if closure is None or losses is None:  # no closure, or one that did its own backward (Lightning's)
             self._apply_pending()
             return None
         losses, values = self._loss_values(losses)
@@ -185,7 +190,12 @@ class ParetoTangentExplorer(MultiGradientDescent):
         rows = [  # dense: a sparse gradient (nn.Embedding(sparse=True)) is densified, differentiably
             tuple(torch.zeros_like(p) for p in params)
             if root is None
-            else tuple(map(_strided, torch.autograd.grad(root, params, create_graph=True, allow_unused=True, materialize_grads=True)))
+            else tuple(
+                map(
+                    _strided,
+                    torch.autograd.grad(root, params, create_graph=True, allow_unused=True, materialize_grads=True),
+                )
+            )
             for root in _objective_roots(losses)
         ]
         jacobian = mean_across_ranks(_jacobian([[g.detach() for g in row] for row in rows], params, range(len(params))))
@@ -211,7 +221,10 @@ class ParetoTangentExplorer(MultiGradientDescent):
         scale = power_of_two(-exponent, jacobian)
         rhs = self._beta.to(jacobian.dtype) @ jacobian
         self._tangent_solve = minres(
-            lambda vector: scale * (hessian_times(vector) + self.damping * vector), rhs, tol=self.tol, max_iter=self.max_iter
+            lambda vector: scale * (hessian_times(vector) + self.damping * vector),
+            rhs,
+            tol=self.tol,
+            max_iter=self.max_iter,
         )
         self._tangent_rhs_norm = vector_norm(rhs)
         v = self._tangent_solve.solution
@@ -229,7 +242,10 @@ class ParetoTangentExplorer(MultiGradientDescent):
 
     def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
         beta = state["beta"]
-        return {**super()._state_rules(state), "beta": ((torch.isfinite(beta).all() & (beta != 0).any()), "finite with a non-zero entry")}
+        return {
+            **super()._state_rules(state),
+            "beta": ((torch.isfinite(beta).all() & (beta != 0).any()), "finite with a non-zero entry"),
+        }
 
     def _config(self) -> dict[str, Any]:
         return {

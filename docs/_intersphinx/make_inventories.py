@@ -185,8 +185,9 @@ def add_function(inv: Inventory, fullname: str, func: object, uri: str) -> None:
         inv.add(canonical, "py:function", uri)
 
 
-def add_namespace(inv: Inventory, module: types.ModuleType, *, classes, functions,
-                  names=None, only_own: bool = False) -> None:
+def add_namespace(
+    inv: Inventory, module: types.ModuleType, *, classes, functions, names=None, only_own: bool = False
+) -> None:
     """Enter the public classes and functions found in ``module``.
 
     ``classes`` / ``functions`` map a full name to its URI (``None`` leaves the object out).
@@ -196,7 +197,7 @@ def add_namespace(inv: Inventory, module: types.ModuleType, *, classes, function
     for name in names if names is not None else _public(dir(module)):
         try:
             obj = getattr(module, name)
-        except Exception:  # noqa: BLE001 - lazy attributes can fail to import
+        except Exception:
             continue
         if isinstance(obj, types.ModuleType):
             continue
@@ -323,33 +324,65 @@ def torch_inventory() -> Inventory:
         return generated(fullname)
 
     add_namespace(inv, torch.nn, classes=nn_class, functions=lambda n, o: None)
-    add_namespace(inv, torch.nn.functional, classes=lambda n, o: None,
-                  functions=lambda n, o: generated(n), only_own=False,
-                  names=_public(dir(torch.nn.functional)))
-    add_namespace(inv, torch.nn.init, classes=lambda n, o: None,
-                  functions=lambda n, o: f"nn.init.html#{n}", only_own=True)
-    add_namespace(inv, torch.nn.utils, classes=lambda n, o: None,
-                  functions=lambda n, o: generated(n), names=list(torch.nn.utils.__all__))
-    add_namespace(inv, torch.nn.utils.rnn, classes=lambda n, o: generated(n),
-                  functions=lambda n, o: generated(n), only_own=True)
-    add_namespace(inv, torch.nn.parallel, classes=lambda n, o: generated(n),
-                  functions=lambda n, o: None, names=["DistributedDataParallel"])
+    add_namespace(
+        inv,
+        torch.nn.functional,
+        classes=lambda n, o: None,
+        functions=lambda n, o: generated(n),
+        only_own=False,
+        names=_public(dir(torch.nn.functional)),
+    )
+    add_namespace(
+        inv, torch.nn.init, classes=lambda n, o: None, functions=lambda n, o: f"nn.init.html#{n}", only_own=True
+    )
+    add_namespace(
+        inv,
+        torch.nn.utils,
+        classes=lambda n, o: None,
+        functions=lambda n, o: generated(n),
+        names=list(torch.nn.utils.__all__),
+    )
+    add_namespace(
+        inv, torch.nn.utils.rnn, classes=lambda n, o: generated(n), functions=lambda n, o: generated(n), only_own=True
+    )
+    add_namespace(
+        inv,
+        torch.nn.parallel,
+        classes=lambda n, o: generated(n),
+        functions=lambda n, o: None,
+        names=["DistributedDataParallel"],
+    )
 
     # torch.optim: Optimizer on optim.html with one generated page per method; the algorithms
     # and the schedulers on generated pages.
-    add_class(inv, "torch.optim.Optimizer", torch.optim.Optimizer, "optim.html#torch.optim.Optimizer",
-              members="generated")
-    add_namespace(inv, torch.optim, classes=lambda n, o: generated(n),
-                  functions=lambda n, o: f"optim.html#{n}", names=list(torch.optim.__all__))
-    add_namespace(inv, torch.optim.lr_scheduler, classes=lambda n, o: generated(n),
-                  functions=lambda n, o: None, only_own=True,
-                  names=getattr(torch.optim.lr_scheduler, "__all__", None))
+    add_class(
+        inv, "torch.optim.Optimizer", torch.optim.Optimizer, "optim.html#torch.optim.Optimizer", members="generated"
+    )
+    add_namespace(
+        inv,
+        torch.optim,
+        classes=lambda n, o: generated(n),
+        functions=lambda n, o: f"optim.html#{n}",
+        names=list(torch.optim.__all__),
+    )
+    add_namespace(
+        inv,
+        torch.optim.lr_scheduler,
+        classes=lambda n, o: generated(n),
+        functions=lambda n, o: None,
+        only_own=True,
+        names=getattr(torch.optim.lr_scheduler, "__all__", None),
+    )
 
     # torch.autograd: grad/backward (and the other functions) on generated pages, classes
     # documented in autograd.html.
-    add_namespace(inv, torch.autograd, names=list(torch.autograd.__all__),
-                  classes=lambda n, o: f"autograd.html#{n}",
-                  functions=lambda n, o: generated(_canonical(o) or n))
+    add_namespace(
+        inv,
+        torch.autograd,
+        names=list(torch.autograd.__all__),
+        classes=lambda n, o: f"autograd.html#{n}",
+        functions=lambda n, o: generated(_canonical(o) or n),
+    )
 
     # torch.amp: autocast is documented as torch.autocast; GradScaler only in the
     # "Gradient Scaling" section (as torch.cuda.amp.GradScaler).
@@ -357,23 +390,39 @@ def torch_inventory() -> Inventory:
     add_class(inv, "torch.amp.GradScaler", torch.amp.GradScaler, "amp.html#gradient-scaling", members="same")
     for name in ("custom_fwd", "custom_bwd"):
         add_function(inv, f"torch.amp.{name}", getattr(torch.amp, name), f"amp.html#torch.amp.{name}")
-    add_function(inv, "torch.amp.is_autocast_available", torch.amp.is_autocast_available,
-                 "amp.html#torch.amp.autocast_mode.is_autocast_available")
+    add_function(
+        inv,
+        "torch.amp.is_autocast_available",
+        torch.amp.is_autocast_available,
+        "amp.html#torch.amp.autocast_mode.is_autocast_available",
+    )
 
     # torch.distributed and torch.utils.data: everything inline on one page.
     if torch.distributed.is_available():
-        add_namespace(inv, torch.distributed, only_own=True,
-                      classes=lambda n, o: f"distributed.html#{n}",
-                      functions=lambda n, o: f"distributed.html#{n}")
+        add_namespace(
+            inv,
+            torch.distributed,
+            only_own=True,
+            classes=lambda n, o: f"distributed.html#{n}",
+            functions=lambda n, o: f"distributed.html#{n}",
+        )
     else:  # pragma: no cover - every supported wheel ships torch.distributed
         print("warning: torch.distributed is not available; its entries are missing", file=sys.stderr)
-    add_namespace(inv, torch.utils.data, names=list(torch.utils.data.__all__),
-                  classes=lambda n, o: f"data.html#{n}", functions=lambda n, o: f"data.html#{n}")
+    add_namespace(
+        inv,
+        torch.utils.data,
+        names=list(torch.utils.data.__all__),
+        classes=lambda n, o: f"data.html#{n}",
+        functions=lambda n, o: f"data.html#{n}",
+    )
 
     # torch.sparse: functions on generated pages.
-    add_namespace(inv, torch.sparse,
-                  classes=lambda n, o: generated(n) if n.endswith("invariants") else None,
-                  functions=lambda n, o: generated(n))
+    add_namespace(
+        inv,
+        torch.sparse,
+        classes=lambda n, o: generated(n) if n.endswith("invariants") else None,
+        functions=lambda n, o: generated(n),
+    )
     return inv
 
 
@@ -392,50 +441,234 @@ def _py(role: str, page: str, *names: str, module: str = "") -> None:
 
 
 # builtins documented in "Built-in Functions" / "Built-in Types" / "Built-in Constants"
-_py("py:class", "functions", "bool", "complex", "float", "int", "object", "type", "slice",
-    "property", "classmethod", "staticmethod", "super")
-_py("py:class", "stdtypes", "str", "bytes", "bytearray", "memoryview", "list", "tuple", "dict",
-    "set", "frozenset", "range")
-_py("py:function", "functions", "abs", "all", "any", "callable", "dir", "divmod", "enumerate",
-    "filter", "format", "getattr", "hasattr", "hash", "id", "isinstance", "issubclass", "iter",
-    "len", "map", "max", "min", "next", "open", "pow", "print", "repr", "reversed", "round",
-    "setattr", "sorted", "sum", "vars", "zip")
+_py(
+    "py:class",
+    "functions",
+    "bool",
+    "complex",
+    "float",
+    "int",
+    "object",
+    "type",
+    "slice",
+    "property",
+    "classmethod",
+    "staticmethod",
+    "super",
+)
+_py(
+    "py:class",
+    "stdtypes",
+    "str",
+    "bytes",
+    "bytearray",
+    "memoryview",
+    "list",
+    "tuple",
+    "dict",
+    "set",
+    "frozenset",
+    "range",
+)
+_py(
+    "py:function",
+    "functions",
+    "abs",
+    "all",
+    "any",
+    "callable",
+    "dir",
+    "divmod",
+    "enumerate",
+    "filter",
+    "format",
+    "getattr",
+    "hasattr",
+    "hash",
+    "id",
+    "isinstance",
+    "issubclass",
+    "iter",
+    "len",
+    "map",
+    "max",
+    "min",
+    "next",
+    "open",
+    "pow",
+    "print",
+    "repr",
+    "reversed",
+    "round",
+    "setattr",
+    "sorted",
+    "sum",
+    "vars",
+    "zip",
+)
 _py("py:data", "constants", "None", "True", "False", "NotImplemented", "Ellipsis")
 # built-in exceptions and warnings (a fixed list, so the output does not depend on the Python
 # version that runs this script)
-_py("py:exception", "exceptions", "BaseException", "Exception", "ArithmeticError",
-    "AssertionError", "AttributeError", "EOFError", "FileExistsError", "FileNotFoundError",
-    "FloatingPointError", "ImportError", "IndexError", "KeyError", "KeyboardInterrupt",
-    "LookupError", "MemoryError", "ModuleNotFoundError", "NotImplementedError", "OSError",
-    "OverflowError", "PermissionError", "RecursionError", "RuntimeError", "StopIteration",
-    "SystemExit", "TimeoutError", "TypeError", "UnicodeError", "ValueError", "ZeroDivisionError",
-    "Warning", "UserWarning", "DeprecationWarning", "FutureWarning", "RuntimeWarning",
-    "ResourceWarning", "PendingDeprecationWarning")
+_py(
+    "py:exception",
+    "exceptions",
+    "BaseException",
+    "Exception",
+    "ArithmeticError",
+    "AssertionError",
+    "AttributeError",
+    "EOFError",
+    "FileExistsError",
+    "FileNotFoundError",
+    "FloatingPointError",
+    "ImportError",
+    "IndexError",
+    "KeyError",
+    "KeyboardInterrupt",
+    "LookupError",
+    "MemoryError",
+    "ModuleNotFoundError",
+    "NotImplementedError",
+    "OSError",
+    "OverflowError",
+    "PermissionError",
+    "RecursionError",
+    "RuntimeError",
+    "StopIteration",
+    "SystemExit",
+    "TimeoutError",
+    "TypeError",
+    "UnicodeError",
+    "ValueError",
+    "ZeroDivisionError",
+    "Warning",
+    "UserWarning",
+    "DeprecationWarning",
+    "FutureWarning",
+    "RuntimeWarning",
+    "ResourceWarning",
+    "PendingDeprecationWarning",
+)
 
 # modules of the standard library and the members the docs (may) use
 for _mod, _page_name in {
-    "collections.abc": "collections.abc", "typing": "typing", "pathlib": "pathlib", "os": "os",
-    "os.path": "os.path", "pickle": "pickle", "copy": "copy", "math": "math", "numbers": "numbers",
-    "dataclasses": "dataclasses", "functools": "functools", "itertools": "itertools",
-    "warnings": "warnings", "tempfile": "tempfile", "gzip": "gzip", "argparse": "argparse",
-    "contextlib": "contextlib", "enum": "enum", "abc": "abc", "collections": "collections",
-    "logging": "logging", "random": "random", "time": "time",
+    "collections.abc": "collections.abc",
+    "typing": "typing",
+    "pathlib": "pathlib",
+    "os": "os",
+    "os.path": "os.path",
+    "pickle": "pickle",
+    "copy": "copy",
+    "math": "math",
+    "numbers": "numbers",
+    "dataclasses": "dataclasses",
+    "functools": "functools",
+    "itertools": "itertools",
+    "warnings": "warnings",
+    "tempfile": "tempfile",
+    "gzip": "gzip",
+    "argparse": "argparse",
+    "contextlib": "contextlib",
+    "enum": "enum",
+    "abc": "abc",
+    "collections": "collections",
+    "logging": "logging",
+    "random": "random",
+    "time": "time",
 }.items():
     PYTHON_OBJECTS[_mod] = ("py:module", f"library/{_page_name}.html#module-{_mod}")
-_py("py:class", "collections.abc", "Container", "Hashable", "Iterable", "Iterator", "Reversible",
-    "Generator", "Sized", "Callable", "Collection", "Sequence", "MutableSequence", "Set",
-    "MutableSet", "Mapping", "MutableMapping", "MappingView", "KeysView", "ItemsView",
-    "ValuesView", "Awaitable", "Coroutine", "AsyncIterable", "AsyncIterator", "AsyncGenerator",
-    "Buffer", module="collections.abc")
-_py("py:data", "typing", "Any", "Callable", "ClassVar", "Final", "Literal", "Optional", "Union",
-    "Self", "Never", "NoReturn", "TypeAlias", "Tuple", "List", "Dict", "Set", "FrozenSet", "Type",
-    "Sequence", "Iterable", "Iterator", "Mapping", "MutableMapping", "Generator", "Annotated",
-    "LiteralString", "Concatenate", "TypeGuard", "Unpack", module="typing")
-_py("py:class", "typing", "TypeVar", "ParamSpec", "Generic", "Protocol", "NamedTuple",
-    "TypedDict", "SupportsFloat", "SupportsInt", "SupportsIndex", "IO", "TextIO", "BinaryIO",
-    module="typing")
-_py("py:function", "typing", "cast", "overload", "final", "get_args", "get_origin",
-    "get_type_hints", "runtime_checkable", module="typing")
+_py(
+    "py:class",
+    "collections.abc",
+    "Container",
+    "Hashable",
+    "Iterable",
+    "Iterator",
+    "Reversible",
+    "Generator",
+    "Sized",
+    "Callable",
+    "Collection",
+    "Sequence",
+    "MutableSequence",
+    "Set",
+    "MutableSet",
+    "Mapping",
+    "MutableMapping",
+    "MappingView",
+    "KeysView",
+    "ItemsView",
+    "ValuesView",
+    "Awaitable",
+    "Coroutine",
+    "AsyncIterable",
+    "AsyncIterator",
+    "AsyncGenerator",
+    "Buffer",
+    module="collections.abc",
+)
+_py(
+    "py:data",
+    "typing",
+    "Any",
+    "Callable",
+    "ClassVar",
+    "Final",
+    "Literal",
+    "Optional",
+    "Union",
+    "Self",
+    "Never",
+    "NoReturn",
+    "TypeAlias",
+    "Tuple",
+    "List",
+    "Dict",
+    "Set",
+    "FrozenSet",
+    "Type",
+    "Sequence",
+    "Iterable",
+    "Iterator",
+    "Mapping",
+    "MutableMapping",
+    "Generator",
+    "Annotated",
+    "LiteralString",
+    "Concatenate",
+    "TypeGuard",
+    "Unpack",
+    module="typing",
+)
+_py(
+    "py:class",
+    "typing",
+    "TypeVar",
+    "ParamSpec",
+    "Generic",
+    "Protocol",
+    "NamedTuple",
+    "TypedDict",
+    "SupportsFloat",
+    "SupportsInt",
+    "SupportsIndex",
+    "IO",
+    "TextIO",
+    "BinaryIO",
+    module="typing",
+)
+_py(
+    "py:function",
+    "typing",
+    "cast",
+    "overload",
+    "final",
+    "get_args",
+    "get_origin",
+    "get_type_hints",
+    "runtime_checkable",
+    module="typing",
+)
 _py("py:data", "typing", "TYPE_CHECKING", module="typing")
 _py("py:class", "pathlib", "Path", "PurePath", "PosixPath", "WindowsPath", module="pathlib")
 _py("py:class", "os", "PathLike", module="os")
@@ -446,19 +679,30 @@ _py("py:class", "pickle", "Pickler", "Unpickler", module="pickle")
 _py("py:data", "pickle", "HIGHEST_PROTOCOL", "DEFAULT_PROTOCOL", module="pickle")
 _py("py:exception", "pickle", "PickleError", "PicklingError", "UnpicklingError", module="pickle")
 _py("py:function", "copy", "copy", "deepcopy", module="copy")
-_py("py:function", "math", "isfinite", "isnan", "isinf", "isclose", "sqrt", "log", "exp",
-    "ceil", "floor", "comb", "prod", "fsum", module="math")
+_py(
+    "py:function",
+    "math",
+    "isfinite",
+    "isnan",
+    "isinf",
+    "isclose",
+    "sqrt",
+    "log",
+    "exp",
+    "ceil",
+    "floor",
+    "comb",
+    "prod",
+    "fsum",
+    module="math",
+)
 _py("py:data", "math", "inf", "nan", "pi", "e", module="math")
 _py("py:class", "numbers", "Number", "Complex", "Real", "Rational", "Integral", module="numbers")
-_py("py:function", "dataclasses", "dataclass", "field", "fields", "replace", "asdict",
-    module="dataclasses")
-_py("py:function", "functools", "partial", "wraps", "reduce", "lru_cache", "cache",
-    module="functools")
+_py("py:function", "dataclasses", "dataclass", "field", "fields", "replace", "asdict", module="dataclasses")
+_py("py:function", "functools", "partial", "wraps", "reduce", "lru_cache", "cache", module="functools")
 _py("py:class", "functools", "cached_property", module="functools")
-_py("py:function", "itertools", "chain", "product", "combinations", "islice", "accumulate",
-    module="itertools")
-_py("py:function", "warnings", "warn", "catch_warnings", "filterwarnings", "simplefilter",
-    module="warnings")
+_py("py:function", "itertools", "chain", "product", "combinations", "islice", "accumulate", module="itertools")
+_py("py:function", "warnings", "warn", "catch_warnings", "filterwarnings", "simplefilter", module="warnings")
 _py("py:function", "tempfile", "mkdtemp", "mkstemp", module="tempfile")
 _py("py:class", "tempfile", "TemporaryDirectory", module="tempfile")
 _py("py:function", "gzip", "open", module="gzip")
@@ -501,8 +745,9 @@ def _verify(name: str, data: bytes, expected: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--check", action="store_true",
-                        help="do not write; exit 1 if a pinned inventory differs from a fresh one")
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; exit 1 if a pinned inventory differs from a fresh one"
+    )
     parser.add_argument("--outdir", type=Path, default=HERE, help="where to write (default: this folder)")
     args = parser.parse_args(argv)
 
@@ -521,8 +766,7 @@ def main(argv: list[str] | None = None) -> int:
                 stale.append(filename)
             continue
         path.write_bytes(data)
-        print(f"{path}: {inv.project} {inv.version}, {len(inv.entries)} entries ({summary}), "
-              f"{len(data)} bytes")
+        print(f"{path}: {inv.project} {inv.version}, {len(inv.entries)} entries ({summary}), {len(data)} bytes")
     if stale:
         print(f"out of date: {', '.join(stale)} (run {Path(__file__).name} to regenerate)", file=sys.stderr)
         return 1

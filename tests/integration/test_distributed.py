@@ -1,34 +1,20 @@
 """Two gloo processes: the loss vector is all-reduced, so weights, multipliers and parameters agree."""
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from tests.helpers import TwoHeads, batch, flat_parameters, task_losses
+from tests.helpers import TwoHeads, batch, flat_parameters, spawn, task_losses
 from torch_moo import ChebyshevALM, MinMaxWeighting, MultiGradientDescent, ParetoTangentExplorer, SparsityController
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _spawn(worker, *args) -> dict:
-    """Run ``worker(rank, 2, port, *args, results)`` on two spawned processes; the results by rank."""
-    manager = mp.get_context("spawn").Manager()  # kept alive until the results are copied out
-    results = manager.dict()
-    mp.start_processes(worker, args=(2, _free_port(), *args, results), nprocs=2, start_method="spawn")
-    return dict(results)
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # two processes, each importing torch
 
 
 def _make(method: str, params):
     if method == "ChebyshevALM":
-        return ChebyshevALM(params, num_objectives=2, preference=[0.3, 0.7], reference="ideal", outer_every=2,
-                            penalty=5.0, lr=1e-2)
+        return ChebyshevALM(
+            params, num_objectives=2, preference=[0.3, 0.7], reference="ideal", outer_every=2, penalty=5.0, lr=1e-2
+        )
     return MinMaxWeighting(params, num_objectives=2, gamma=1.0, ascent_step=0.5, lr=1e-2)
 
 
@@ -52,7 +38,7 @@ def _worker(rank: int, world_size: int, port: int, method: str, results) -> None
 
 @pytest.mark.parametrize("method", ["ChebyshevALM", "MinMaxWeighting"])
 def test_ranks_agree_on_weights_state_and_parameters(method):
-    results = _spawn(_worker, method)
+    results = spawn(_worker, method)
     (w0, s0, p0), (w1, s1, p1) = results[0], results[1]
     assert torch.equal(w0, w1)
     assert s0.keys() == s1.keys()
@@ -69,8 +55,14 @@ def _sparse_worker(rank: int, world_size: int, port: int, regrow: str, results) 
         model = torch.nn.parallel.DistributedDataParallel(TwoHeads())
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         # a different generator on each rank: the masks agree only because rank 0's are broadcast
-        sparse = SparsityController(opt, model=model, sparsity=0.7, regrow=regrow, update_every=2,
-                                    generator=torch.Generator().manual_seed(100 + rank))
+        sparse = SparsityController(
+            opt,
+            model=model,
+            sparsity=0.7,
+            regrow=regrow,
+            update_every=2,
+            generator=torch.Generator().manual_seed(100 + rank),
+        )
         history = []
         for step in range(7):
             opt.zero_grad()
@@ -85,11 +77,10 @@ def _sparse_worker(rank: int, world_size: int, port: int, regrow: str, results) 
 
 @pytest.mark.parametrize("regrow", ["random", "exploration"])
 def test_ranks_agree_on_sparsity_masks(regrow):
-    results = _spawn(_sparse_worker, regrow)
+    results = spawn(_sparse_worker, regrow)
     (m0, p0), (m1, p1) = results[0], results[1]
     assert torch.equal(m0, m1) and torch.equal(p0, p1)
     assert not torch.equal(m0[0], m0[-1])  # the topology did change
-
 
 
 class _FeatureHeads(TwoHeads):
@@ -130,7 +121,7 @@ def _mgda_worker(rank: int, world_size: int, port: int, mode: str, results) -> N
 
 @pytest.mark.parametrize("mode", ["parameters", "features"])
 def test_mgda_ranks_agree_and_match_one_process_on_the_whole_batch(mode):
-    results = _spawn(_mgda_worker, mode)
+    results = spawn(_mgda_worker, mode)
     (w0, p0), (w1, p1) = results[0], results[1]
     assert torch.equal(w0, w1) and torch.equal(p0, p1)
     model = _FeatureHeads()
@@ -151,8 +142,9 @@ def _part_losses(model, step, part=slice(None)):
 
 
 def _explore(model, steps, part=slice(None)):
-    opt = ParetoTangentExplorer(model.parameters(), num_objectives=2, step_size=0.05, damping=0.1, max_iter=5,
-                                corrections=1, lr=1e-2)
+    opt = ParetoTangentExplorer(
+        model.parameters(), num_objectives=2, step_size=0.05, damping=0.1, max_iter=5, corrections=1, lr=1e-2
+    )
     for step in range(steps):
         opt.step(lambda step=step: _part_losses(model, step, part))
     return opt
@@ -170,7 +162,7 @@ def _explorer_worker(rank: int, world_size: int, port: int, results) -> None:
 
 
 def test_explorer_ranks_agree_and_match_one_process_on_the_whole_batch():
-    results = _spawn(_explorer_worker)
+    results = spawn(_explorer_worker)
     (p0, v0), (p1, v1) = results[0], results[1]
     assert torch.equal(p0, p1) and torch.equal(v0, v1)
     model = TwoHeads()
@@ -210,7 +202,7 @@ def test_loss_space_methods_with_masks_match_one_process_on_the_whole_batch(meth
     # Exact by construction: the weights come from the all-reduced mean of the ranks' mean losses
     # (the mean over the whole batch, halves being equal), DDP averages the gradients of the
     # weighted sum, and the masks follow the averaged gradients and weights.
-    results = _spawn(_halves_worker, method)
+    results = spawn(_halves_worker, method)
     (w0, s0, m0, p0), (w1, _, m1, p1) = results[0], results[1]
     assert torch.equal(w0, w1) and torch.equal(m0, m1) and torch.equal(p0, p1)
     model = TwoHeads()

@@ -5,49 +5,30 @@ all-reduce while the other waited in it forever; the workers here run under a de
 hang fails the test instead of blocking the suite.
 """
 
-import socket
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from tests.helpers import TwoHeads, flat_parameters, task_losses
+from tests.helpers import TwoHeads, assert_same_state_dict, flat_parameters, spawn, task_losses
 from torch_moo import ChebyshevALM, MinMaxWeighting, MultiGradientDescent, SparsityController
 
-DEADLINE = 120.0  # seconds for both workers (spawning and importing torch included)
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # two processes, each importing torch
+
 FAULT_STEP = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _spawn(worker, *args) -> dict:
-    """Run ``worker(rank, 2, port, *args, results)`` on two spawned processes under ``DEADLINE``."""
-    manager = mp.get_context("spawn").Manager()
-    results = manager.dict()
-    context = mp.start_processes(worker, args=(2, _free_port(), *args, results), nprocs=2, start_method="spawn", join=False)
-    deadline = time.monotonic() + DEADLINE
-    try:
-        while not context.join(timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the workers did not finish within {DEADLINE:.0f} s (a rank hangs in a collective)")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()  # only the workers this test started
-                process.join()
-    return dict(results)
 
 
 def _make(method: str, params, nonfinite: str):
     if method == "ChebyshevALM":
-        return ChebyshevALM(params, num_objectives=2, preference=[0.3, 0.7], reference="ideal", outer_every=2,
-                            penalty=5.0, nonfinite=nonfinite, lr=1e-2)
+        return ChebyshevALM(
+            params,
+            num_objectives=2,
+            preference=[0.3, 0.7],
+            reference="ideal",
+            outer_every=2,
+            penalty=5.0,
+            nonfinite=nonfinite,
+            lr=1e-2,
+        )
     if method == "MinMaxWeighting":
         return MinMaxWeighting(params, num_objectives=2, gamma=1.0, ascent_step=0.5, nonfinite=nonfinite, lr=1e-2)
     return MultiGradientDescent(params, num_objectives=2, nonfinite=nonfinite, lr=1e-2)
@@ -68,8 +49,9 @@ def _worker(rank: int, world_size: int, port: int, method: str, results) -> None
         for mode in ("raise", "skip"):
             model = torch.nn.parallel.DistributedDataParallel(TwoHeads())
             opt = _make(method, model.parameters(), mode)
-            sparse = SparsityController(opt, model=model, sparsity=0.5, distribution="uniform", regrow="gradient",
-                                        update_every=2)
+            sparse = SparsityController(
+                opt, model=model, sparsity=0.5, distribution="uniform", regrow="gradient", update_every=2
+            )
             errors, skipped = [], []
             for step in range(6):
                 opt.zero_grad()
@@ -107,21 +89,17 @@ class _nothing:
         return False
 
 
-def _assert_same(first, second):
-    assert torch.equal(first["params"], second["params"])
-    assert first["method"].keys() == second["method"].keys()
-    for key, value in first["method"].items():
-        other = second["method"][key]
-        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
-    assert torch.equal(first["masks"], second["masks"])
+def _trained(result: dict) -> dict:
+    """What training left in a worker's ``result``: parameters, method state, masks (not the errors, which differ)."""
+    return {key: result[key] for key in ("params", "method", "masks")}
 
 
 @pytest.mark.parametrize("method", ["ChebyshevALM", "MinMaxWeighting", "MultiGradientDescent"])
 def test_a_nan_on_one_rank_raises_or_skips_on_every_rank(method):
-    results = _spawn(_worker, method)
+    results = spawn(_worker, method)
     for mode in ("raise", "skip"):
         first, second = results[0][mode], results[1][mode]
-        _assert_same(first, second)
+        assert_same_state_dict(_trained(first), _trained(second))
         assert torch.isfinite(first["params"]).all()
         assert first["steps"] == second["steps"] == [5] * len(first["steps"])  # 6 batches, one refused
         assert first["sparse_step"] == second["sparse_step"] == 5
@@ -134,4 +112,4 @@ def test_a_nan_on_one_rank_raises_or_skips_on_every_rank(method):
         assert skipped == [step == FAULT_STEP for step in range(6)]
         assert results[rank]["skip"]["errors"] == []
     # the same batches with the fault refused either way: raise-and-continue equals skip
-    _assert_same(results[0]["raise"], results[0]["skip"])
+    assert_same_state_dict(_trained(results[0]["raise"]), _trained(results[0]["skip"]))

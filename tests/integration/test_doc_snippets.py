@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import functools
 import re
-import socket
 import textwrap
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,7 +26,8 @@ from torch import nn
 from torch.nn.functional import cross_entropy
 
 import torch_moo as tm
-from torch_moo.datasets import TwoDigits
+from tests.helpers import free_port
+from torch_moo.datasets import TwoDigits, TwoHeadCNN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,19 +117,12 @@ def run(code: str, namespace: dict, name: str = "<snippet>") -> dict:
 
 # -------------------------------------------------------------------------------- fixtures
 class TwoHeads(nn.Module):
-    """A shared trunk and one linear head per digit (``heads``, also ``left`` and ``right``) on
-    the 16x16 two-digit canvas: the quickstart's CNN (``conv=True``) or a small MLP."""
+    """A small MLP trunk and one linear head per digit (``heads``, also ``left`` and ``right``) on
+    the 16x16 two-digit canvas."""
 
-    def __init__(self, conv: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        if conv:
-            self.trunk = nn.Sequential(
-                nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Flatten(), nn.Linear(32 * 4 * 4, 128), nn.ReLU(),
-            )
-        else:
-            self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(256, 128), nn.ReLU())
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(256, 128), nn.ReLU())
         self.heads = nn.ModuleList([nn.Linear(128, 10), nn.Linear(128, 10)])
 
     @property
@@ -161,8 +154,9 @@ class Batches:
     20,000 training images; ``repeat``: :func:`batch` that many times per pass, for the loops
     that need only show that they fit what they see."""
 
-    def __init__(self, size: int | None = None, batch_size: int = 128, *, seed: int = 0, repeat: int = 0,
-                 single: bool = False) -> None:
+    def __init__(
+        self, size: int | None = None, batch_size: int = 128, *, seed: int = 0, repeat: int = 0, single: bool = False
+    ) -> None:
         self.tensors = tuple(t.repeat(repeat, *[1] * (t.dim() - 1)) for t in batch()) if repeat else digits(True, size)
         self.batch_size = 64 if repeat else batch_size
         self.single = single
@@ -220,12 +214,6 @@ def task_losses(model: nn.Module) -> torch.Tensor:
     return torch.stack([cross_entropy(b["out1"], b["y1"]), cross_entropy(b["out2"], b["y2"])])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # -------------------------------------------------------------------------------- outcomes
 Check = Callable[[str, Path, pytest.MonkeyPatch], None]
 
@@ -234,14 +222,15 @@ Check = Callable[[str, Path, pytest.MonkeyPatch], None]
 class Outcome:
     anchor: str  # text the block must contain: a moved or rewritten block is caught, not misjudged
     check: Check
+    marks: tuple[pytest.MarkDecorator, ...] = ()
 
 
 OUTCOMES: dict[str, Outcome] = {}
 
 
-def outcome(snippet_id: str, anchor: str) -> Callable[[Check], Check]:
+def outcome(snippet_id: str, anchor: str, *marks: pytest.MarkDecorator) -> Callable[[Check], Check]:
     def register(check: Check) -> Check:
-        OUTCOMES[snippet_id] = Outcome(anchor, check)
+        OUTCOMES[snippet_id] = Outcome(anchor, check, marks)
         return check
 
     return register
@@ -260,7 +249,7 @@ def readme_run(code: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
     def model_and_loader() -> tuple[nn.Module, Batches]:
         torch.manual_seed(seed)
-        return TwoHeads(conv=True), Batches(seed=seed)
+        return TwoHeadCNN(), Batches(seed=seed)
 
     model, loader = model_and_loader()
     run(code, {"model": model, "loader": loader, "epochs": README_EPOCHS}, "<README block>")
@@ -292,10 +281,12 @@ def check_readme(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert (ours >= adam - README_TOLERANCE).all(), f"README block {ours.tolist()} against plain Adam {adam.tolist()}"
 
 
-outcome("README.md#1", anchor="tm.ChebyshevALM(model.parameters(), num_objectives=3")(check_readme)
+outcome("README.md#1", "tm.ChebyshevALM(model.parameters(), num_objectives=3", pytest.mark.slow)(check_readme)
 
 
-@outcome("docs/index.rst#1", anchor="tm.ChebyshevALM(model.parameters(), num_objectives=3")
+@outcome(
+    "docs/index.rst#1", "tm.ChebyshevALM(model.parameters(), num_objectives=3", pytest.mark.slow
+)  # the README's run
 def _(code, tmp_path, monkeypatch):
     readme = next(s.code for s in SNIPPETS if s.id == "README.md#1")
     assert code == readme, "the docs' front page shows the README's example: keep the two identical"
@@ -334,7 +325,9 @@ def _(code, tmp_path, monkeypatch):
     ns = run(code, {"model": model, "opt": opt, "loader": Batches(repeat=6), "epochs": 5})
     assert_fitted(before, model)
     # refresh() ran after the fifth epoch, the last: the references are the final magnitudes
-    for weight, reference in zip(tm.objectives.sparsifiable_parameters(model), ns["reweighted"].references, strict=True):
+    for weight, reference in zip(
+        tm.objectives.sparsifiable_parameters(model), ns["reweighted"].references, strict=True
+    ):
         assert torch.equal(reference, weight.detach().abs())
     assert ns["losses"].shape == (3,) and torch.isfinite(ns["losses"]).all()
 
@@ -358,10 +351,12 @@ def _(code, tmp_path, monkeypatch):
     ns = run(code, {"targets": targets, "weighted_sum_knee_search": weighted_sum_knee_search})
     front, knee = ns["front"], ns["knee"]
     # as the comment says: near (1.25, 1.25), at weights near (1/2, 1/2)
-    torch.testing.assert_close(front.values[knee].double(), torch.tensor([1.25, 1.25], dtype=torch.float64),
-                               atol=0.1, rtol=0)
-    torch.testing.assert_close(front.preferences[knee].double(), torch.tensor([0.5, 0.5], dtype=torch.float64),
-                               atol=0.1, rtol=0)
+    torch.testing.assert_close(
+        front.values[knee].double(), torch.tensor([1.25, 1.25], dtype=torch.float64), atol=0.1, rtol=0
+    )
+    torch.testing.assert_close(
+        front.preferences[knee].double(), torch.tensor([0.5, 0.5], dtype=torch.float64), atol=0.1, rtol=0
+    )
 
 
 @outcome("docs/pareto.rst#3", anchor="plot_front(front, reference=[6.0, 6.0], knee=knee)")
@@ -443,7 +438,7 @@ def _(code, tmp_path, monkeypatch):
     assert_fitted(before, model)
 
 
-@outcome("docs/protocol.rst#7", anchor="torch.nn.parallel.DistributedDataParallel(net)")
+@outcome("docs/protocol.rst#7", "torch.nn.parallel.DistributedDataParallel(net)", pytest.mark.distributed)
 def _(code, tmp_path, monkeypatch):
     import torch.distributed as dist
 
@@ -464,7 +459,9 @@ def _(code, tmp_path, monkeypatch):
 
     def build() -> tuple[nn.Module, tm.ChebyshevALM]:
         model = TwoHeads()
-        return model, tm.ChebyshevALM(model.parameters(), num_objectives=2, preference=[0.3, 0.7], outer_every=1, lr=1e-3)
+        return model, tm.ChebyshevALM(
+            model.parameters(), num_objectives=2, preference=[0.3, 0.7], outer_every=1, lr=1e-3
+        )
 
     model, opt = build()
     for _ in range(2):
@@ -487,9 +484,17 @@ def _(code, tmp_path, monkeypatch):
 
     ns = run(code, {})
     module = ns["MultiTask"](TwoHeads())
-    trainer = L.Trainer(max_epochs=2, limit_train_batches=4, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=4,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers|log_every_n_steps)")
         trainer.fit(module, DataLoader(TensorDataset(*batch()), batch_size=16))
@@ -606,21 +611,34 @@ def _(code, tmp_path, monkeypatch):
     assert ns["opt"].tangent_residual < 1e-4
 
 
-@outcome("docs/training_stacks.rst#1", anchor="tm.SparsityController(opt, model=model.module, sparsity=0.8")
+@outcome(
+    "docs/training_stacks.rst#1", "tm.SparsityController(opt, model=model.module, sparsity=0.8", pytest.mark.distributed
+)
 def _(code, tmp_path, monkeypatch):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1"}.items():
+    for name, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+    }.items():
         monkeypatch.setenv(name, value)  # what torchrun sets
     model = TwoHeads()
     before = fit(model)
     dataset = TensorDataset(*Batches(repeat=15).tensors)
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, seed=0)
-    names = {"dist": dist, "DistributedDataParallel": DistributedDataParallel, "model": model,
-             "device": torch.device("cpu"), "epochs": 2, "sampler": sampler,
-             "loader": DataLoader(dataset, batch_size=64, sampler=sampler)}
+    names = {
+        "dist": dist,
+        "DistributedDataParallel": DistributedDataParallel,
+        "model": model,
+        "device": torch.device("cpu"),
+        "epochs": 2,
+        "sampler": sampler,
+        "loader": DataLoader(dataset, batch_size=64, sampler=sampler),
+    }
     try:
         ns = run(code, names)
     finally:
@@ -679,7 +697,9 @@ def _(code, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.id for s in SNIPPETS])
+@pytest.mark.parametrize(
+    "snippet", [pytest.param(s, id=s.id, marks=OUTCOMES[s.id].marks if s.id in OUTCOMES else ()) for s in SNIPPETS]
+)
 def test_snippet_meets_its_outcome(snippet: Snippet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stated = OUTCOMES.get(snippet.id)
     if stated is None:
@@ -711,7 +731,9 @@ def test_training_loops_zero_their_gradients(snippet: Snippet) -> None:
     """A loop that backpropagates and steps must also clear the gradients (``.grad`` accumulates)."""
     for loop in ast.walk(ast.parse(snippet.code)):
         if isinstance(loop, (ast.For, ast.While)) and _calls(loop.body, "backward") and _calls(loop.body, "step"):
-            assert _calls(loop.body, "zero_grad"), f"{snippet.id}: the loop at line {loop.lineno} never calls zero_grad()"
+            assert _calls(loop.body, "zero_grad"), (
+                f"{snippet.id}: the loop at line {loop.lineno} never calls zero_grad()"
+            )
 
 
 def test_extraction_keeps_python_and_drops_the_rest() -> None:

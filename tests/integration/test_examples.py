@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each example runs in a Python process of its own
+
 EXAMPLES = {path.stem: path for path in sorted((Path(__file__).parents[2] / "examples").glob("*.py"))}
 
 
@@ -22,8 +24,11 @@ def test_example_runs_in_smoke_mode(name):
 
 
 def test_quickstart_prints_the_comparison_table():
-    rows = [line.split() for line in smoke_run("quickstart").stdout.splitlines()
-            if line.startswith(("dense Adam", "ChebyshevALM"))]
+    rows = [
+        line.split()
+        for line in smoke_run("quickstart").stdout.splitlines()
+        if line.startswith(("dense Adam", "ChebyshevALM"))
+    ]
     assert [row[0] for row in rows] == ["dense", "ChebyshevALM"]
     for row in rows:
         digit, parity, sparsity = float(row[-3]), float(row[-2]), float(row[-1].rstrip("%"))

@@ -24,9 +24,11 @@ def bisect(function, low, high, iterations=200):
 
 def chebyshev_gap(front, k):
     """k1 (f1 + eps S) - k2 (f2 + eps S) along a front parameterised by s: zero at the optimum."""
+
     def gap(s):
         f1, f2 = front(s)
         return k[0] * (f1 + EPS * (f1 + f2)) - k[1] * (f2 + EPS * (f1 + f2))
+
     return gap
 
 

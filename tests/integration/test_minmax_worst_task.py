@@ -3,7 +3,13 @@
 import importlib.util
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("minmax_example", Path(__file__).parents[2] / "examples" / "minmax_weighting.py")
+import pytest
+
+pytestmark = pytest.mark.slow  # 1500 steps on two seeds
+
+spec = importlib.util.spec_from_file_location(
+    "minmax_example", Path(__file__).parents[2] / "examples" / "minmax_weighting.py"
+)
 example = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(example)
 

@@ -1,6 +1,5 @@
 """examples/torchrun_ddp.py launched by torchrun on 2 gloo ranks: the ranks end identical and learn."""
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -8,19 +7,30 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import free_port
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # two processes, each importing torch
+
 EXAMPLE = Path(__file__).parents[2] / "examples" / "torchrun_ddp.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("method", ["chebyshev", "mgda-full"])
 def test_two_torchrun_ranks_end_identical_and_the_loss_falls(tmp_path, method):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-               str(EXAMPLE), "--smoke", "--backend", "gloo", "--method", method, "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(EXAMPLE),
+        "--smoke",
+        "--backend",
+        "gloo",
+        "--method",
+        method,
+        "--out",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
@@ -41,8 +51,21 @@ def test_nccl_ranks_on_the_gpus_end_identical_and_the_loss_falls(tmp_path, metho
     # The same code as the gloo test on NCCL: one rank per GPU (a single GPU is a world of one,
     # which still runs every all-reduce through NCCL on CUDA tensors).
     ranks = torch.cuda.device_count()
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={_free_port()}",
-               str(EXAMPLE), "--smoke", "--backend", "nccl", "--method", method, "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={ranks}",
+        f"--master_port={free_port()}",
+        str(EXAMPLE),
+        "--smoke",
+        "--backend",
+        "nccl",
+        "--method",
+        method,
+        "--out",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     saved = [torch.load(tmp_path / f"rank{r}.pt") for r in range(ranks)]

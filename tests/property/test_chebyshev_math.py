@@ -4,6 +4,7 @@ import hypothesis.strategies as st
 import torch
 from hypothesis import assume, given
 
+from tests.strategies import finite, preferences
 from torch_moo import ChebyshevALM
 from torch_moo.functional import (
     chebyshev_constraints,
@@ -14,7 +15,6 @@ from torch_moo.functional import (
     phr_penalty,
 )
 
-finite = st.floats(-10, 10, allow_nan=False, width=64)
 positive = st.floats(1e-2, 10, allow_nan=False, width=64)
 
 
@@ -23,7 +23,7 @@ def problems(min_size=1, max_size=8):
     return st.integers(min_size, max_size).flatmap(
         lambda m: st.tuples(
             st.lists(finite, min_size=m, max_size=m),
-            st.lists(st.floats(0, 1, width=64), min_size=m, max_size=m).filter(lambda k: sum(k) > 1e-3),
+            preferences(m),
             st.lists(finite, min_size=m, max_size=m),
             st.floats(0, 0.1, width=64),
             st.lists(st.floats(0, 2, width=64), min_size=m, max_size=m),
@@ -155,8 +155,9 @@ def test_weights_are_invariant_to_preference_scale_and_equivariant_to_permutatio
     assert torch.allclose(scaled.weights(torch.tensor(f)), weights, atol=1e-5, rtol=0)
     order = list(range(len(f)))
     rng.shuffle(order)
-    permuted = _optimizer(len(f), preference=[k[i] for i in order], reference=[a[i] for i in order],
-                          augmentation=eps, penalty=mu)
+    permuted = _optimizer(
+        len(f), preference=[k[i] for i in order], reference=[a[i] for i in order], augmentation=eps, penalty=mu
+    )
     assert torch.allclose(permuted.weights(torch.tensor([f[i] for i in order])), weights[order], atol=1e-5, rtol=0)
 
 
@@ -168,8 +169,16 @@ def test_weights_are_invariant_to_preference_scale_and_equivariant_to_permutatio
 def test_multipliers_stay_nonnegative_and_move_only_at_outer_updates(loss_sequence, outer_every, mu):
     m = len(loss_sequence[0])
     parameter = torch.nn.Parameter(torch.zeros(m))
-    opt = ChebyshevALM([parameter], num_objectives=m, preference=[1.0] * m, penalty=mu, penalty_growth=1.5,
-                       outer_every=outer_every, base=torch.optim.SGD, lr=0.0)
+    opt = ChebyshevALM(
+        [parameter],
+        num_objectives=m,
+        preference=[1.0] * m,
+        penalty=mu,
+        penalty_growth=1.5,
+        outer_every=outer_every,
+        base=torch.optim.SGD,
+        lr=0.0,
+    )
     for step, values in enumerate(loss_sequence, start=1):
         before = opt.multipliers
         opt.zero_grad()

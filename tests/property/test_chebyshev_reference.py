@@ -23,6 +23,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
+from tests.strategies import finite, preferences
 from torch_moo import ChebyshevALM
 from torch_moo.functional import chebyshev_objective_weights, chebyshev_terms, optimal_level
 
@@ -51,7 +52,7 @@ def authors_update(losses, preference, penalty, growth, batches, lr, level=0.0):
     trajectory = []
     for start in range(0, f.shape[0], batches):
         summed = torch.zeros(m, dtype=torch.float64)
-        for values in f[start:start + batches]:
+        for values in f[start : start + batches]:
             c = k * (values + EPSILON * values.sum()) - t
             summed += c.detach()
             (t + multipliers @ c + penalty / 2 * c.square().sum()).backward()
@@ -73,9 +74,17 @@ def train_at_mdmtn_settings(penalty, lr, seed=0):
     labels = torch.randint(0, 4, (2, BATCHES, 16), generator=generator)
     torch.manual_seed(seed)
     trunk, heads = torch.nn.Linear(10, 12), torch.nn.ModuleList(torch.nn.Linear(12, 4) for _ in range(2))
-    opt = ChebyshevALM([*trunk.parameters(), *heads.parameters()], num_objectives=3, preference=PREFERENCE,
-                       augmentation=EPSILON, penalty=penalty, penalty_growth=2.0, outer_every=BATCHES,
-                       multiplier_update="reference", lr=lr)
+    opt = ChebyshevALM(
+        [*trunk.parameters(), *heads.parameters()],
+        num_objectives=3,
+        preference=PREFERENCE,
+        augmentation=EPSILON,
+        penalty=penalty,
+        penalty_growth=2.0,
+        outer_every=BATCHES,
+        multiplier_update="reference",
+        lr=lr,
+    )
     losses, multipliers, weights = [], [], []
     for _ in range(ITERATIONS):
         for b in range(BATCHES):
@@ -117,7 +126,7 @@ def test_multipliers_track_the_authors_update_over_ten_alm_iterations(penalty, l
     st.integers(2, 5).flatmap(
         lambda m: st.tuples(
             st.lists(st.lists(st.floats(-10, 10, width=32), min_size=m, max_size=m), min_size=1, max_size=40),
-            st.lists(st.floats(0, 1, width=32), min_size=m, max_size=m).filter(lambda k: sum(k) > 1e-3),
+            preferences(m, width=32),
             st.lists(st.floats(-2, 2, width=32), min_size=m, max_size=m),
         )
     ),
@@ -128,8 +137,16 @@ def test_outer_update_is_the_exact_level_update_with_the_sum_held_at_one(problem
     sequence, preference, start = problem
     m = len(start)
     parameter = torch.nn.Parameter(torch.zeros(m))
-    opt = ChebyshevALM([parameter], num_objectives=m, preference=preference, augmentation=augmentation,
-                       penalty=penalty, multiplier_update="reference", base=torch.optim.SGD, lr=0.0)
+    opt = ChebyshevALM(
+        [parameter],
+        num_objectives=m,
+        preference=preference,
+        augmentation=augmentation,
+        penalty=penalty,
+        multiplier_update="reference",
+        base=torch.optim.SGD,
+        lr=0.0,
+    )
     state = opt.state_dict()
     start = torch.tensor(start, dtype=torch.float64)
     state["torch_moo"]["state"]["multipliers"] = (centred(start) + 1.0 / m).float()  # sum 1 up to rounding
@@ -141,8 +158,9 @@ def test_outer_update_is_the_exact_level_update_with_the_sum_held_at_one(problem
         opt.zero_grad()
         opt.backward(parameter + torch.tensor(values))
         opt.step()
-        terms = chebyshev_terms(torch.tensor(values, dtype=torch.float64), k, torch.zeros(m, dtype=torch.float64),
-                                augmentation)
+        terms = chebyshev_terms(
+            torch.tensor(values, dtype=torch.float64), k, torch.zeros(m, dtype=torch.float64), augmentation
+        )
         expected += mu * (terms - optimal_level(terms, lam, mu, rule="reference"))  # lambda += mu c(t*)
     opt.outer_step()
     got = opt.multipliers.to(torch.float64)
@@ -156,13 +174,15 @@ def test_outer_update_is_the_exact_level_update_with_the_sum_held_at_one(problem
     assert abs(got.sum() - 1) <= m * torch.finfo(torch.float32).eps * scale
 
 
-finite = st.floats(-10, 10, allow_nan=False, width=64)
-
-
-@given(st.integers(1, 6).flatmap(lambda m: st.tuples(
-    st.lists(finite, min_size=m, max_size=m),
-    st.lists(st.floats(0, 1, width=64), min_size=m, max_size=m).filter(lambda k: sum(k) > 1e-3),
-)), st.floats(0, 0.1, width=64))
+@given(
+    st.integers(1, 6).flatmap(
+        lambda m: st.tuples(
+            st.lists(finite, min_size=m, max_size=m),
+            preferences(m),
+        )
+    ),
+    st.floats(0, 0.1, width=64),
+)
 def test_weights_for_any_dual_are_the_gradient_direction_with_unit_l1_norm(problem, augmentation):
     dual, preference = (torch.tensor(v, dtype=torch.float64) for v in problem)
     raw = preference * dual + augmentation * (preference * dual).sum()  # dL/df_j
@@ -187,8 +207,15 @@ def test_negative_weighted_dual_gives_finite_weights_not_a_division_by_tiny():
 
 def test_reference_rule_weights_stay_finite_where_the_weighted_dual_sum_is_negative():
     parameter = torch.nn.Parameter(torch.zeros(3))
-    opt = ChebyshevALM([parameter], num_objectives=3, preference=PREFERENCE, penalty=6.8e-8,
-                       multiplier_update="reference", base=torch.optim.SGD, lr=0.0)
+    opt = ChebyshevALM(
+        [parameter],
+        num_objectives=3,
+        preference=PREFERENCE,
+        penalty=6.8e-8,
+        multiplier_update="reference",
+        base=torch.optim.SGD,
+        lr=0.0,
+    )
     state = opt.state_dict()
     state["torch_moo"]["state"]["multipliers"] = torch.tensor([2.0, -0.5, -0.5])  # sum 1, k.lambda < 0
     opt.load_state_dict(state)

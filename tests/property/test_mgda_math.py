@@ -23,7 +23,9 @@ def problems(draw):
     generator = torch.Generator().manual_seed(seed)
     jacobian = torch.randn(k, n, generator=generator, dtype=torch.float64)
     if draw(st.booleans()):  # rank-deficient: rows from a 1- or 2-dimensional subspace
-        jacobian = torch.randn(k, 2, generator=generator, dtype=torch.float64) @ torch.randn(2, n, generator=generator, dtype=torch.float64)
+        jacobian = torch.randn(k, 2, generator=generator, dtype=torch.float64) @ torch.randn(
+            2, n, generator=generator, dtype=torch.float64
+        )
     losses = torch.rand(k, generator=generator, dtype=torch.float64) * 5 + 0.1
     scales = torch.rand(k, generator=generator, dtype=torch.float64) * 10 + 0.1
     return jacobian, losses, scales
@@ -52,7 +54,9 @@ def test_normalized_gram_is_the_gram_of_the_normalised_gradients(problem, normal
 
 @settings(max_examples=150, deadline=None)
 @given(problems(), st.sampled_from(NORMALIZATIONS))
-def test_weights_are_on_the_simplex_and_give_a_common_descent_direction_of_the_normalised_gradients(problem, normalization):
+def test_weights_are_on_the_simplex_and_give_a_common_descent_direction_of_the_normalised_gradients(
+    problem, normalization
+):
     jacobian, losses, _ = problem
     alpha, _ = mgda_weights(jacobian, losses, normalization)
     assert (alpha >= 0).all() and abs(float(alpha.sum()) - 1) < 1e-12

@@ -9,8 +9,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from torch_moo.functional import min_norm_weights
-from torch_moo.functional.min_norm import _RIDGE, _max_iterations, _min_norm, _wolfe
+from torch_moo.functional import min_norm_solve, min_norm_weights
 
 F64 = torch.float64
 # Tolerances are relative to the largest squared gradient norm max_i ||g_i||^2 = max diag G, the
@@ -158,12 +157,26 @@ def test_scaling_the_gram_matrix_keeps_the_direction(jacobian, exponent):
     assert (jacobian.T @ (beta - alpha)).norm() <= D_TOL * scale**0.5
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the device path (every iteration runs, no early exit) needs a GPU"
+)
+@given(jacobians())
+def test_device_path_without_early_exit_reaches_the_same_optimum(jacobian):
+    # Off the CPU all iterations run, no-ops after the stop: the same minimiser, to the stopping tolerance.
+    gram = jacobian @ jacobian.T
+    (alpha, _), (on_device, gap) = min_norm_weights(gram), min_norm_weights(gram.cuda())
+    on_device, tol = on_device.cpu(), TOL * scale_of(gram)
+    assert abs((on_device @ gram @ on_device - alpha @ gram @ alpha).item()) <= tol and gap.item() <= tol
+    assert (jacobian.T @ (on_device - alpha)).norm().item() <= D_TOL * scale_of(gram) ** 0.5
+
+
 @given(jacobians())
 def test_device_path_without_early_exit_gives_the_same_result(jacobian):
     # early_exit=False is what runs off the CPU: every iteration after the stop must be a no-op.
     gram = jacobian @ jacobian.T
-    fast, slow = _min_norm(gram, early_exit=True), _min_norm(gram, early_exit=False)
-    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    fast, slow = min_norm_solve(gram), min_norm_solve(gram, early_exit=False)
+    assert torch.equal(fast.weights, slow.weights) and torch.equal(fast.gap, slow.gap)
+    assert bool(fast.stopped) == bool(slow.stopped)
 
 
 @given(jacobians(max_k=16))
@@ -171,11 +184,11 @@ def test_solver_stops_well_within_its_iteration_cap(jacobian):
     gram = jacobian @ jacobian.T
     if gram.diagonal().max() <= 0 or len(gram) < 3:
         return
-    _, done, used = _wolfe(gram / gram.diagonal().max(), early_exit=True)
-    k = len(gram)
-    assert done
+    solution, k = min_norm_solve(gram), len(gram)
+    cap = min_norm_solve(gram, early_exit=False).iterations  # without early exit the loop runs to the cap
+    assert bool(solution.stopped) and solution.gap.item() <= TOL * scale_of(gram)
     # The claim behind the cap 4k + 10 (see _max_iterations): in practice at most 2k + 2.
-    assert used <= 2 * k + 2 < _max_iterations(k)
+    assert solution.iterations <= 2 * k + 2 < cap == 4 * k + 10
 
 
 @st.composite
@@ -205,13 +218,14 @@ def test_warm_start_at_the_optimum_confirms_it_in_two_iterations(jacobian):
     gram = jacobian @ jacobian.T
     if gram.diagonal().max() <= 0 or len(gram) < 3:
         return
-    scaled = gram / gram.diagonal().max() + _RIDGE * torch.eye(len(gram), dtype=F64)  # as _min_norm solves it
-    optimum = _wolfe(scaled, early_exit=True)[0]
-    lam, done, used = _wolfe(scaled, early_exit=True, start=optimum)
-    assert done and used <= 2
+    optimum = min_norm_solve(gram).weights
+    again = min_norm_solve(gram, start=optimum)
+    assert bool(again.stopped) and again.iterations <= 2
     # Weights among near-duplicate gradients are determined only up to the ridge's conditioning;
     # the objective is what is unique.
-    assert abs((lam @ scaled @ lam - optimum @ scaled @ optimum).item()) <= TOL
+    tol = TOL * scale_of(gram)
+    assert abs((again.weights @ gram @ again.weights - optimum @ gram @ optimum).item()) <= tol
+    assert again.gap.item() <= tol
 
 
 def test_warm_start_must_have_one_entry_per_objective():
@@ -233,7 +247,9 @@ def test_two_objectives_use_the_closed_form(values):
     # max ||g_i||^2 (g1 = (1, 0) and g2 = (1, 1e-8) have the same G), so the point is determined
     # to about sqrt(2^-52) = 1.5e-8 times max ||g_i||: allow 4e-8 of it, above 1e-9 absolute.
     scale = max(g1.norm().item(), g2.norm().item())
-    assert torch.allclose(alpha[0] * g1 + alpha[1] * g2, first * g1 + (1 - first) * g2, rtol=0, atol=1e-9 + 4e-8 * scale)
+    assert torch.allclose(
+        alpha[0] * g1 + alpha[1] * g2, first * g1 + (1 - first) * g2, rtol=0, atol=1e-9 + 4e-8 * scale
+    )
     assert abs(alpha.sum().item() - 1) < 1e-15
 
 
@@ -276,7 +292,9 @@ def test_zero_gram_gives_uniform_weights(k):
 def test_opposite_gradients_give_the_zero_direction(extra):
     # g and -g put 0 in the hull: d = 0 and, with nothing else, alpha = (0.5, 0.5).
     g = torch.tensor([3.0, -1.0, 2.0], dtype=F64)
-    jacobian = torch.cat((torch.stack((g, -g)), torch.randn(extra, 3, dtype=F64, generator=torch.Generator().manual_seed(0))))
+    jacobian = torch.cat(
+        (torch.stack((g, -g)), torch.randn(extra, 3, dtype=F64, generator=torch.Generator().manual_seed(0)))
+    )
     alpha, gap = min_norm_weights(jacobian @ jacobian.T)
     assert (jacobian.T @ alpha).norm() < 1e-7  # sqrt of the 1e-14-relative objective tolerance
     assert abs(gap.item()) < 1e-12

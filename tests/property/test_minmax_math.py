@@ -37,8 +37,9 @@ def test_projection_equals_the_brute_force_qp(values):
 
 def run_updates(losses, steps, **options):
     source = torch.zeros(len(losses), requires_grad=True)  # outside the optimizer
-    opt = MinMaxWeighting([torch.nn.Parameter(torch.zeros(1))], num_objectives=len(losses),
-                          base=torch.optim.SGD, lr=0.0, **options)
+    opt = MinMaxWeighting(
+        [torch.nn.Parameter(torch.zeros(1))], num_objectives=len(losses), base=torch.optim.SGD, lr=0.0, **options
+    )
     for _ in range(steps):
         opt.zero_grad()
         opt.backward(source + torch.tensor(losses))

@@ -70,7 +70,9 @@ def test_reweighted_l1_with_unit_references_is_l1_scaled(params, eps):
 
 @given(layers, structures, st.floats(0, 5, width=64))
 def test_growl_with_equal_weights_is_that_weight_times_group_l2(params, structure, weight):
-    assert close(growl(params, structure=structure, weights=[weight] * 4), weight * group_l2(params, structure=structure))
+    assert close(
+        growl(params, structure=structure, weights=[weight] * 4), weight * group_l2(params, structure=structure)
+    )
 
 
 @given(weight_tensors(), structures, growl_weights, st.data())
@@ -95,15 +97,18 @@ def test_growl_lies_between_the_extreme_weights_times_group_l2(params, structure
 def test_growl_pair_is_the_explicit_spike_weights(params, structure, beta1, beta2):
     # (beta1, beta2) means lambda = (beta1 + beta2, beta2, beta2, ...), computed as a max plus a sum.
     explicit = [beta1 + beta2] + [beta2] * 3
-    assert close(growl(params, structure=structure, weights=(beta1, beta2)),
-                 growl(params, structure=structure, weights=explicit))
+    assert close(
+        growl(params, structure=structure, weights=(beta1, beta2)), growl(params, structure=structure, weights=explicit)
+    )
 
 
 @given(layers, structures, growl_weights, st.floats(-4, 4, width=64))
 def test_growl_and_group_l2_are_absolutely_homogeneous(params, structure, weights, scale):
     scaled = [scale * p for p in params]
-    assert close(growl(scaled, structure=structure, weights=weights),
-                 abs(scale) * growl(params, structure=structure, weights=weights))
+    assert close(
+        growl(scaled, structure=structure, weights=weights),
+        abs(scale) * growl(params, structure=structure, weights=weights),
+    )
     assert close(group_l2(scaled, structure=structure), abs(scale) * group_l2(params, structure=structure))
 
 

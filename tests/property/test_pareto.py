@@ -105,14 +105,20 @@ def test_simplex_lattice_is_the_das_dennis_grid(m, divisions):
     assert len(torch.unique(grid, dim=0)) == len(grid)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: hypervolume([1, 2], [3, 3]), r"points must have shape \(n, m\) with m >= 1, got \(2,\)"),
-    (lambda: hypervolume([[1, 2]], [3, 3, 3]), r"reference must have 2 entries \(one per objective\), got shape \(3,\)"),
-    (lambda: non_dominated([[1, float("nan")]]), r"points must be finite"),
-    (lambda: igd([[1, 2]], [[1, 2, 3]]), r"points have 2 objectives but reference_front has 3"),
-    (lambda: simplex_lattice(0, 3), r"num_objectives must be an int >= 1, got 0"),
-    (lambda: simplex_lattice(2, 2.5), r"divisions must be an int >= 1, got 2.5"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: hypervolume([1, 2], [3, 3]), r"points must have shape \(n, m\) with m >= 1, got \(2,\)"),
+        (
+            lambda: hypervolume([[1, 2]], [3, 3, 3]),
+            r"reference must have 2 entries \(one per objective\), got shape \(3,\)",
+        ),
+        (lambda: non_dominated([[1, float("nan")]]), r"points must be finite"),
+        (lambda: igd([[1, 2]], [[1, 2, 3]]), r"points have 2 objectives but reference_front has 3"),
+        (lambda: simplex_lattice(0, 3), r"num_objectives must be an int >= 1, got 0"),
+        (lambda: simplex_lattice(2, 2.5), r"divisions must be an int >= 1, got 2.5"),
+    ],
+)
 def test_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()

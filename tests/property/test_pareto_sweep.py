@@ -8,7 +8,15 @@ import torch
 from hypothesis import given
 
 from torch_moo import ChebyshevALM
-from torch_moo.pareto import Front, hypervolume, knee_point, non_dominated, simplex_lattice, sweep, weighted_sum_knee_search
+from torch_moo.pareto import (
+    Front,
+    hypervolume,
+    knee_point,
+    non_dominated,
+    simplex_lattice,
+    sweep,
+    weighted_sum_knee_search,
+)
 
 # Multiples of 1/8: ties and duplicates are frequent and every value is exact in binary.
 coordinate = st.integers(0, 16).map(lambda v: v / 8)
@@ -23,7 +31,9 @@ def tables(m):
 def test_sweep_keeps_runs_in_order_and_matches_the_functional_tools(case):
     values, data = case
     m = len(values[0])
-    preferences = data.draw(st.lists(st.lists(coordinate, min_size=m, max_size=m).filter(any), min_size=len(values), max_size=len(values)))
+    preferences = data.draw(
+        st.lists(st.lists(coordinate, min_size=m, max_size=m).filter(any), min_size=len(values), max_size=len(values))
+    )
     table = dict(zip(map(tuple, preferences), values))  # duplicate preferences share one outcome
     seen = []
 
@@ -42,13 +52,16 @@ def test_sweep_keeps_runs_in_order_and_matches_the_functional_tools(case):
     assert front.knee() == knee_point(front.values)
 
 
-@pytest.mark.parametrize("returned, values, payload", [
-    ((1.0, 2.0), [1.0, 2.0], None),  # two numbers: the values
-    ((torch.tensor(1.0), torch.tensor(2.0)), [1.0, 2.0], None),  # two 0-d tensors: the values
-    ([1, 2], [1.0, 2.0], None),
-    (([1, 2], "state"), [1.0, 2.0], "state"),  # a vector first: (values, payload)
-    ((torch.tensor([1.0, 2.0], requires_grad=True) * 1, {"w": 0}), [1.0, 2.0], {"w": 0}),
-])
+@pytest.mark.parametrize(
+    "returned, values, payload",
+    [
+        ((1.0, 2.0), [1.0, 2.0], None),  # two numbers: the values
+        ((torch.tensor(1.0), torch.tensor(2.0)), [1.0, 2.0], None),  # two 0-d tensors: the values
+        ([1, 2], [1.0, 2.0], None),
+        (([1, 2], "state"), [1.0, 2.0], "state"),  # a vector first: (values, payload)
+        ((torch.tensor([1.0, 2.0], requires_grad=True) * 1, {"w": 0}), [1.0, 2.0], {"w": 0}),
+    ],
+)
 def test_sweep_reads_values_or_a_values_payload_pair(returned, values, payload):
     front = sweep(lambda k: returned, [[0.5, 0.5]])
     assert front.values.tolist() == [values] and front.payloads == (payload,)
@@ -57,15 +70,25 @@ def test_sweep_reads_values_or_a_values_payload_pair(returned, values, payload):
 def test_front_converts_and_checks_its_fields():
     front = Front([[1, 0]], [[2, 3]], [None])
     assert front.values.dtype == front.preferences.dtype == torch.float64 and front.payloads == (None,)
-    with pytest.raises(ValueError, match=r"must describe the same runs, got shapes \(1, 2\) and \(2, 2\) and 2 payloads"):
+    with pytest.raises(
+        ValueError, match=r"must describe the same runs, got shapes \(1, 2\) and \(2, 2\) and 2 payloads"
+    ):
         Front([[1, 0]], [[2, 3], [3, 2]], [None, None])
 
 
 def test_front_knee_is_deterministic_when_one_point_is_best_in_two_objectives():
     # Row 3 is best in f1 and f2, so the extremes span no unique hyperplane (a least-squares
     # hyperplane used to flip the answer between calls): no knee, the point nearest the ideal.
-    points = [[1.875, 0.5, 0.375], [2.0, 1.25, 0.25], [2.0, 0.625, 0.625], [0.5, 0.5, 1.25],
-              [1.125, 0.375, 2.0], [1.125, 0.5, 0.75], [0.5, 0.125, 1.25], [0.75, 0.625, 1.125]]
+    points = [
+        [1.875, 0.5, 0.375],
+        [2.0, 1.25, 0.25],
+        [2.0, 0.625, 0.625],
+        [0.5, 0.5, 1.25],
+        [1.125, 0.375, 2.0],
+        [1.125, 0.5, 0.75],
+        [0.5, 0.125, 1.25],
+        [0.75, 0.625, 1.125],
+    ]
     assert {Front(points, points, [None] * 8).knee() for _ in range(20)} == {5}
 
 
@@ -108,7 +131,9 @@ def rescaled(run, a1, a2):
 def check_search(front, knee, max_runs):
     assert 2 <= len(front.values) <= max_runs
     assert (front.preferences >= 0).all()
-    torch.testing.assert_close(front.preferences.sum(dim=1), torch.ones(len(front.values), dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        front.preferences.sum(dim=1), torch.ones(len(front.values), dtype=torch.float64), rtol=0, atol=1e-12
+    )
     gaps = (front.preferences[:, None] - front.preferences[None]).abs().amax(dim=-1)
     assert (gaps + torch.eye(len(gaps), dtype=torch.float64) > 1e-9).all()  # no weight run twice
     assert front.non_dominated[knee]
@@ -117,7 +142,9 @@ def check_search(front, knee, max_runs):
 @given(st.floats(0.0, 0.95), st.floats(0.05, 1.0), st.integers(3, 14))
 def test_knee_search_on_a_convex_front_brackets_its_point_of_highest_curvature(low, width, max_runs):
     high = min(low + width, 1.0)
-    front, knee = weighted_sum_knee_search(parabola, first=(1 - low, low), second=(1 - high, high), max_runs=max_runs, min_gap=0.0)
+    front, knee = weighted_sum_knee_search(
+        parabola, first=(1 - low, low), second=(1 - high, high), max_runs=max_runs, min_gap=0.0
+    )
     check_search(front, knee, max_runs)
     assert on_parabola(front.values) and front.non_dominated.all()  # the minimisers of a convex front
     u = front.values[:, 0].sqrt()
@@ -148,14 +175,16 @@ def test_knee_of_a_front_with_a_sharp_corner_is_the_corner(a1, a2, max_runs):
     # Scaled to the unit box (f1 in [0, 1.2], f2 in [0.075, 1.04]) tie ratios gain a factor 1.24:
     # the corner turns the tie weight by atan(4.97) - atan(0.31) = 1.07 rad, the arcs by at most
     # 0.02 and 0.30 rad in all, so the corner wins at any resolution.
-    torch.testing.assert_close(front.values[knee], torch.tensor([a1 * C, a2 * C], dtype=torch.float64), rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        front.values[knee], torch.tensor([a1 * C, a2 * C], dtype=torch.float64), rtol=1e-9, atol=0
+    )
 
 
 def test_default_weights_explore_the_end_that_favours_the_first_objective():
     front, knee = weighted_sum_knee_search(parabola)
     assert len(front.values) == 10 and on_parabola(front.values)
     assert front.preferences[:2].tolist() == [[1.0, 0.0], [0.9, 0.1]]
-    assert (front.preferences[:, 0] >= 0.9 - 1e-12).all() and 0 < knee
+    assert (front.preferences[:, 0] >= 0.9 - 1e-12).all() and knee > 0
 
 
 def test_knee_search_stops_when_new_weights_repeat():
@@ -218,27 +247,60 @@ def test_sweep_of_chebyshev_runs_traces_the_front_in_preference_order():
     torch.testing.assert_close(x, s[:, None] * P[1], atol=1e-2, rtol=0)
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: sweep(parabola, [0.5, 0.5]), ValueError, r"preferences must have shape \(n, m\) with m >= 1, got \(2,\)"),
-    (lambda: sweep(parabola, [[0.5, float("inf")]]), ValueError, r"preferences must be finite"),
-    (lambda: sweep(parabola, torch.zeros(0, 2)), ValueError, r"preferences must hold at least one row"),
-    (lambda: sweep(parabola, [[1, 0], [0.5, -0.5]]), ValueError, r"non-negative and not all zero; row 1 is \[0.5, -0.5\]"),
-    (lambda: sweep(parabola, [[0, 0]]), ValueError, r"row 0 is \[0.0, 0.0\]"),
-    (lambda: sweep(lambda k: [1.0, 2.0, 3.0], [[0.5, 0.5]]), ValueError,
-     r"run\(\[0.5, 0.5\]\) must return 2 objective values \(one per preference entry\) or a pair \(values, payload\), got values of shape \(3,\)"),
-    (lambda: sweep(lambda k: [[1.0, 2.0]], [[0.5, 0.5]]), ValueError, r"got values of shape \(1, 2\)"),
-    (lambda: sweep(lambda k: 1.0, [[0.5, 0.5]]), ValueError, r"got values of shape \(\)"),
-    (lambda: sweep(lambda k: [1.0, float("nan")], [[0.5, 0.5]]), ValueError, r"run\(\[0.5, 0.5\]\) returned non-finite values \[1.0, nan\]"),
-    (lambda: sweep(lambda k: "low", [[0.5, 0.5]]), TypeError, r"must return 2 objective values .* got str values"),
-    (lambda: weighted_sum_knee_search(parabola, first=(1.0, 0.0, 0.0)), ValueError,
-     r"first must be 2 finite non-negative weights, not both zero, got \(1.0, 0.0, 0.0\)"),
-    (lambda: weighted_sum_knee_search(parabola, second=(-0.1, 1.1)), ValueError, r"second must be 2 finite non-negative weights"),
-    (lambda: weighted_sum_knee_search(parabola, first=(2, 0), second=(1, 0)), ValueError,
-     r"first and second must be different weight vectors, got \(2, 0\) and \(1, 0\)"),
-    (lambda: weighted_sum_knee_search(parabola, max_runs=1), ValueError, r"max_runs must be >= 2, got 1"),
-    (lambda: weighted_sum_knee_search(parabola, min_gap=-0.1), ValueError, r"min_gap must be >= 0.0, got -0.1"),
-    (lambda: weighted_sum_knee_search(lambda w: [1.0], max_runs=3), ValueError, r"run\(\[1.0, 0.0\]\) must return 2 objective values"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (
+            lambda: sweep(parabola, [0.5, 0.5]),
+            ValueError,
+            r"preferences must have shape \(n, m\) with m >= 1, got \(2,\)",
+        ),
+        (lambda: sweep(parabola, [[0.5, float("inf")]]), ValueError, r"preferences must be finite"),
+        (lambda: sweep(parabola, torch.zeros(0, 2)), ValueError, r"preferences must hold at least one row"),
+        (
+            lambda: sweep(parabola, [[1, 0], [0.5, -0.5]]),
+            ValueError,
+            r"non-negative and not all zero; row 1 is \[0.5, -0.5\]",
+        ),
+        (lambda: sweep(parabola, [[0, 0]]), ValueError, r"row 0 is \[0.0, 0.0\]"),
+        (
+            lambda: sweep(lambda k: [1.0, 2.0, 3.0], [[0.5, 0.5]]),
+            ValueError,
+            r"run\(\[0.5, 0.5\]\) must return 2 objective values \(one per preference entry\) "
+            r"or a pair \(values, payload\), got values of shape \(3,\)",
+        ),
+        (lambda: sweep(lambda k: [[1.0, 2.0]], [[0.5, 0.5]]), ValueError, r"got values of shape \(1, 2\)"),
+        (lambda: sweep(lambda k: 1.0, [[0.5, 0.5]]), ValueError, r"got values of shape \(\)"),
+        (
+            lambda: sweep(lambda k: [1.0, float("nan")], [[0.5, 0.5]]),
+            ValueError,
+            r"run\(\[0.5, 0.5\]\) returned non-finite values \[1.0, nan\]",
+        ),
+        (lambda: sweep(lambda k: "low", [[0.5, 0.5]]), TypeError, r"must return 2 objective values .* got str values"),
+        (
+            lambda: weighted_sum_knee_search(parabola, first=(1.0, 0.0, 0.0)),
+            ValueError,
+            r"first must be 2 finite non-negative weights, not both zero, got \(1.0, 0.0, 0.0\)",
+        ),
+        (
+            lambda: weighted_sum_knee_search(parabola, second=(-0.1, 1.1)),
+            ValueError,
+            r"second must be 2 finite non-negative weights",
+        ),
+        (
+            lambda: weighted_sum_knee_search(parabola, first=(2, 0), second=(1, 0)),
+            ValueError,
+            r"first and second must be different weight vectors, got \(2, 0\) and \(1, 0\)",
+        ),
+        (lambda: weighted_sum_knee_search(parabola, max_runs=1), ValueError, r"max_runs must be >= 2, got 1"),
+        (lambda: weighted_sum_knee_search(parabola, min_gap=-0.1), ValueError, r"min_gap must be >= 0.0, got -0.1"),
+        (
+            lambda: weighted_sum_knee_search(lambda w: [1.0], max_runs=3),
+            ValueError,
+            r"run\(\[1.0, 0.0\]\) must return 2 objective values",
+        ),
+    ],
+)
 def test_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()

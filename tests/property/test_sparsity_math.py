@@ -10,9 +10,12 @@ from torch import nn
 from torch_moo.sparsity import SparsityController, drop_and_grow, layer_counts, top_count
 
 shapes = st.lists(
-    st.one_of(st.tuples(st.integers(1, 40), st.integers(1, 40)),
-              st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 3), st.integers(1, 3))),
-    min_size=1, max_size=5,
+    st.one_of(
+        st.tuples(st.integers(1, 40), st.integers(1, 40)),
+        st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 3), st.integers(1, 3)),
+    ),
+    min_size=1,
+    max_size=5,
 )
 sparsities = st.floats(0.0, 0.99)
 
@@ -101,13 +104,25 @@ modes = st.sampled_from(["random", "gradient", "exploration"])
 
 @settings(max_examples=30, deadline=None)
 @given(widths, st.floats(0.05, 0.95), modes, st.sampled_from(["erk", "uniform"]), st.integers(0, 1000))
-def test_dynamic_sparse_training_keeps_exact_per_layer_counts_and_zeros(layer_widths, sparsity, regrow, distribution, seed):
+def test_dynamic_sparse_training_keeps_exact_per_layer_counts_and_zeros(
+    layer_widths, sparsity, regrow, distribution, seed
+):
     # 30 Adam steps with a topology update every 3: pruned weights and their moments stay exactly zero
-    model, opt, sparse = run(layer_widths, seed, 30, sparsity=sparsity, regrow=regrow, distribution=distribution,
-                             update_every=3, drop_fraction=0.5, drop_schedule="constant")
+    model, opt, sparse = run(
+        layer_widths,
+        seed,
+        30,
+        sparsity=sparsity,
+        regrow=regrow,
+        distribution=distribution,
+        update_every=3,
+        drop_fraction=0.5,
+        drop_schedule="constant",
+    )
     weights = [m.weight for m in model if isinstance(m, nn.Linear)]
-    assert [int(m.sum()) for m in sparse.masks.values()] == layer_counts([w.shape for w in weights], sparsity,
-                                                                         distribution=distribution)
+    assert [int(m.sum()) for m in sparse.masks.values()] == layer_counts(
+        [w.shape for w in weights], sparsity, distribution=distribution
+    )
     for w, mask in zip(weights, sparse.masks.values()):
         assert torch.all(w[~mask] == 0)
         assert torch.all(opt.state[w]["exp_avg"][~mask] == 0) and torch.all(opt.state[w]["exp_avg_sq"][~mask] == 0)
@@ -145,6 +160,8 @@ def test_a_dominant_exploration_bonus_reaches_the_largest_possible_coverage(laye
 def test_coverage_rises_strictly_with_the_exploration_coefficient():
     # One fixed problem (seeded): each step up the ladder of c tries strictly more connections.
     common = dict(sparsity=0.9, update_every=2, drop_fraction=0.3, drop_schedule="constant")
-    coverage = [run([16, 24, 1], 0, 40, regrow="exploration", exploration=c, **common)[2].coverage()
-                for c in (0.0, 1e-2, 1e-1, 1e2)]
+    coverage = [
+        run([16, 24, 1], 0, 40, regrow="exploration", exploration=c, **common)[2].coverage()
+        for c in (0.0, 1e-2, 1e-1, 1e2)
+    ]
     assert coverage == sorted(set(coverage)), coverage

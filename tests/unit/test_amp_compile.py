@@ -1,24 +1,25 @@
 """bf16 autocast, GradScaler with the SparsityController, and torch.compile'd models, for every optimizer.
 
-GradScaler's basic contract (skipped steps advance no state, scaled steps equal unscaled ones) is
-in test_protocol.py; this file adds the controller, autocast and compiled models.
+A step GradScaler skips changes nothing (here, with the controller, for every optimizer and plain Adam);
+that scaled steps equal unscaled ones is in test_protocol.py.
 """
 
 import pytest
 import torch
 
-from tests.helpers import TwoHeads, batch, flat_parameters, state_dtype, task_losses
-from tests.unit.test_protocol import OPTIMIZERS, make, method_state
-from torch_moo import SparsityController
-
-
-@pytest.fixture(params=sorted(OPTIMIZERS))
-def method(request):
-    return request.param
-
-
-def sparse_for(model, opt):
-    return SparsityController(opt, model=model, sparsity=0.5, distribution="uniform", regrow="gradient", update_every=2)
+from tests.helpers import (
+    OPTIMIZERS,
+    TwoHeads,
+    assert_same_state_dict,
+    assert_scaler_skips,
+    batch,
+    flat_parameters,
+    make,
+    method_state,
+    sparse_for,
+    state_dtype,
+    task_losses,
+)
 
 
 def masked(model):
@@ -80,35 +81,61 @@ def test_bf16_loss_vectors_give_float32_weights_and_state(method):
     assert all(v.dtype == state_dtype(k) for k, v in method_state(opt).items() if isinstance(v, torch.Tensor))
 
 
-# ------------------------------------------------------------------- GradScaler + controller
-def test_gradscaler_skip_keeps_masks_and_nothing_revives_a_pruned_weight(method):
+# -------------------------------------------------------------- a step GradScaler skips
+NAN, INF = float("nan"), float("inf")
+OVERFLOWS = {"inf gradient": None, "nan loss": NAN, "inf loss": INF}  # losses reach .grad under nonfinite="propagate"
+
+
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+@pytest.mark.parametrize("optimizer", [*sorted(OPTIMIZERS), "Adam"])
+def test_a_step_gradscaler_skips_changes_nothing_and_nothing_revives_a_pruned_weight(optimizer, overflow):
     model = TwoHeads()
-    opt = make(model, method)
+    if optimizer == "Adam":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    else:
+        opt = make(model, optimizer, **({} if overflow == "inf gradient" else {"nonfinite": "propagate"}))
     sparse = sparse_for(model, opt)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
 
-    def scaled_step(step, overflow=False):
+    def scaled_step(step, overflow=None):
         opt.zero_grad()
-        opt.backward(task_losses(model, step), scaler=scaler)
-        if overflow:
-            model.heads[0].bias.grad.fill_(float("inf"))
+        losses = task_losses(model, step)
+        if OVERFLOWS.get(overflow) is not None:
+            losses = losses * torch.tensor([1.0, OVERFLOWS[overflow]])
+        if optimizer == "Adam":
+            scaler.scale(losses.sum()).backward()
+        else:
+            opt.backward(losses, scaler=scaler)
+        if overflow == "inf gradient":
+            model.heads[0].bias.grad.fill_(INF)
+        elif overflow is not None:  # the losses reached .grad, as in PyTorch
+            assert not all(torch.isfinite(p.grad).all() for p in model.parameters())
         scaler.step(opt)
         scaler.update()
 
     for step in range(3):
         scaled_step(step)
     masks, count, params = sparse.masks, sparse.step_count, flat_parameters(model)
-    state = {k: v.clone() for k, v in opt.state[model.trunk[0].weight].items()}
+    method = None if optimizer == "Adam" else method_state(opt)
     # the skipped step falls on an update step (count 3 -> 4 would be due at 4): nothing moves
-    scaled_step(3, overflow=True)
-    assert scaler.get_scale() == 2.0**9
-    assert sparse.step_count == count and torch.equal(flat_parameters(model), params)
-    assert all(torch.equal(masks[k], v) for k, v in sparse.masks.items())
-    assert all(torch.equal(state[k], v) for k, v in opt.state[model.trunk[0].weight].items())
-    for step in range(4, 9):  # topology updates at controller steps 4 and 6 (and 8)
+    assert_scaler_skips(lambda: scaled_step(3, overflow), scaler, model, opt, sparse)
+    assert optimizer == "Adam" or not opt.skipped  # skipped by the scaler, not by the optimizer
+    scaled_step(4)  # the next step does move the method state: the comparison above is not vacuous
+    assert_masked(model, sparse, opt)
+    if optimizer not in ("Adam", "ParetoTangentExplorer", "FixedWeighting"):  # a method state that moves
+        with pytest.raises(AssertionError):
+            assert_same_state_dict(method, method_state(opt))
+        # ChebyshevALM's ideal point starts at +inf by design (and stays there without reference="ideal")
+        assert all(
+            torch.isfinite(v).all()
+            for k, v in method_state(opt).items()
+            if isinstance(v, torch.Tensor) and k != "ideal"
+        )
+    for step in range(5, 9):  # topology updates at controller steps 4 and 6 (and 8)
         scaled_step(step)
         assert_masked(model, sparse, opt)
     assert sparse.step_count == count + 5
+    assert not torch.equal(flat_parameters(model), params) and torch.isfinite(flat_parameters(model)).all()
     assert not all(torch.equal(masks[k], v) for k, v in sparse.masks.items())  # the topology did change
     assert [int(m.sum()) for m in sparse.masks.values()] == [int(m.sum()) for m in masks.values()]
 
@@ -155,8 +182,9 @@ def compiled_training(method, backend, steps=5, controller=False):
 
 @pytest.mark.parametrize("controller", [False, True], ids=["plain", "controller"])
 def test_compiled_model_trains_like_the_eager_one(method, controller):
-    (params, state, masks), (eager_params, eager_state, eager_masks) = compiled_training(method, "aot_eager",
-                                                                                       controller=controller)
+    (params, state, masks), (eager_params, eager_state, eager_masks) = compiled_training(
+        method, "aot_eager", controller=controller
+    )
     # aot_eager runs the traced ATen graph without code generation, so the kernels are those of
     # eager mode; decompositions may reassociate a reduction (float32 rounding, 1e-7 relative),
     # which five Adam steps of size <= 1e-2 cannot amplify beyond 1e-6.
@@ -174,7 +202,8 @@ def test_inductor_compiled_model_with_the_controller():
     # Adam's normalisation can magnify a gradient's rounding where the gradient is near zero, but
     # each update is bounded by lr = 1e-2, so 6 steps agree to 1e-5.
     (params, state, masks), (eager_params, eager_state, eager_masks) = compiled_training(
-        "ChebyshevALM", "inductor", steps=6, controller=True)
+        "ChebyshevALM", "inductor", steps=6, controller=True
+    )
     torch.testing.assert_close(params, eager_params, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(state["multipliers"], eager_state["multipliers"], rtol=1e-4, atol=1e-5)
     assert all(torch.equal(masks[k], v) for k, v in eager_masks.items())

@@ -40,7 +40,7 @@ class Row:
         kind = self.error or self.warning
         if kind is None:
             return self.outcome
-        return f"``{kind.__name__}``: \"…{self.says}…\"" + (f"; {self.outcome}" if self.outcome else "")
+        return f'``{kind.__name__}``: "…{self.says}…"' + (f"; {self.outcome}" if self.outcome else "")
 
 
 def _model() -> TwoHeads:
@@ -91,8 +91,12 @@ def _weights_on_the_simplex(factors: list[float], cls, **options) -> Callable[[]
 def _mgda_scale_invariant(scale: float) -> Callable[[], object]:
     def run():
         # float32 gradients rescaled by a power of two: the weights agree to float32 rounding
-        torch.testing.assert_close(_weights_at([scale, scale], tm.MultiGradientDescent),
-                                   _weights_at([1.0, 1.0], tm.MultiGradientDescent), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            _weights_at([scale, scale], tm.MultiGradientDescent),
+            _weights_at([1.0, 1.0], tm.MultiGradientDescent),
+            rtol=1e-4,
+            atol=1e-6,
+        )
 
     return run
 
@@ -180,80 +184,192 @@ def _deepcopy_keeps_masking():
 
 ROWS = [
     # ----------------------------------------------------------------------- construction
-    Row("construction", "ChebyshevALM(params, num_objectives=2, preference=[0.5, -0.1])",
-        lambda: _opt(preference=[0.5, -0.1]), ValueError, says="preference must be non-negative and not all zero"),
-    Row("construction", "MultiGradientDescent(params, num_objectives=2, normalisation='l2')",
-        lambda: _opt(tm.MultiGradientDescent, normalisation="l2"), TypeError,
+    Row(
+        "construction",
+        "ChebyshevALM(params, num_objectives=2, preference=[0.5, -0.1])",
+        lambda: _opt(preference=[0.5, -0.1]),
+        ValueError,
+        says="preference must be non-negative and not all zero",
+    ),
+    Row(
+        "construction",
+        "MultiGradientDescent(params, num_objectives=2, normalisation='l2')",
+        lambda: _opt(tm.MultiGradientDescent, normalisation="l2"),
+        TypeError,
         says="unexpected keyword argument 'normalisation': it is an option of neither MultiGradientDescent nor Adam; "
-        "did you mean 'normalization'?"),
-    Row("construction", "ChebyshevALM(params, ..., check_finite=False)",
-        lambda: _opt(check_finite=False), TypeError, says="unexpected keyword argument 'check_finite'",
-        outcome="the older spelling is gone: ``nonfinite='propagate'``"),
-    Row("construction", "MinMaxWeighting(params, num_objectives=2, base=torch.optim.LBFGS)",
-        lambda: _opt(tm.MinMaxWeighting, base=torch.optim.LBFGS), TypeError,
-        says="base=LBFGS needs a closure at every step"),
-    Row("construction", "MultiGradientDescent(torch.optim.Adam(params, lr=1e-3), num_objectives=2)",
+        "did you mean 'normalization'?",
+    ),
+    Row(
+        "construction",
+        "ChebyshevALM(params, ..., check_finite=False)",
+        lambda: _opt(check_finite=False),
+        TypeError,
+        says="unexpected keyword argument 'check_finite'",
+        outcome="the older spelling is gone: ``nonfinite='propagate'``",
+    ),
+    Row(
+        "construction",
+        "MinMaxWeighting(params, num_objectives=2, base=torch.optim.LBFGS)",
+        lambda: _opt(tm.MinMaxWeighting, base=torch.optim.LBFGS),
+        TypeError,
+        says="base=LBFGS needs a closure at every step",
+    ),
+    Row(
+        "construction",
+        "MultiGradientDescent(torch.optim.Adam(params, lr=1e-3), num_objectives=2)",
         lambda: tm.MultiGradientDescent(torch.optim.Adam(_model().parameters(), lr=1e-3), num_objectives=2),
-        outcome="works: the Adam instance becomes ``opt.base`` (its state, hooks and schedulers carry over)"),
-    Row("construction", "MultiGradientDescent(adam, num_objectives=2, lr=0.1)",
+        outcome="works: the Adam instance becomes ``opt.base`` (its state, hooks and schedulers carry over)",
+    ),
+    Row(
+        "construction",
+        "MultiGradientDescent(adam, num_objectives=2, lr=0.1)",
         lambda: tm.MultiGradientDescent(torch.optim.Adam(_model().parameters()), num_objectives=2, lr=0.1),
-        TypeError, says="unexpected keyword argument 'lr': the base optimizer is already built"),
-    Row("construction", "MultiGradientDescent([*model.parameters(), model.fc.weight], ...)",
-        _duplicate_parameter, outcome="torch.optim's duplicate-parameter warning, once; the parameter's gradient is "
-        "computed and written once (as without the duplicate)", warning=UserWarning,
-        says="optimizer contains a parameter group with duplicate parameters"),
+        TypeError,
+        says="unexpected keyword argument 'lr': the base optimizer is already built",
+    ),
+    Row(
+        "construction",
+        "MultiGradientDescent([*model.parameters(), model.fc.weight], ...)",
+        _duplicate_parameter,
+        outcome="torch.optim's duplicate-parameter warning, once; the parameter's gradient is "
+        "computed and written once (as without the duplicate)",
+        warning=UserWarning,
+        says="optimizer contains a parameter group with duplicate parameters",
+    ),
     # ---------------------------------------------------------------------------- losses
-    Row("losses", "opt.backward(torch.stack([loss1, loss2]).detach())",
-        _backward(lambda m: task_losses(m, 0).detach()), ValueError, says="losses do not require grad"),
-    Row("losses", "opt.backward([loss1, float('nan')])  # nonfinite='raise', the default",
-        _backward(lambda m: [task_losses(m, 0)[0], float("nan")]), ValueError, says="losses must be finite",
-        outcome="nothing changes (``nonfinite='skip'`` skips the step instead)"),
-    Row("losses", "opt.backward(losses[:1])  # one loss short",
-        _backward(lambda m: task_losses(m, 0)[:1]), ValueError, says="losses must hold num_objectives=2 values, got 1"),
-    Row("losses", "opt.backward([loss1, per_sample_loss2])",
-        _backward(lambda m: [task_losses(m, 0)[0], m(torch.randn(4, 6))[0]]), ValueError,
-        says="losses[1] must be a scalar, got shape (4,) (reduce it, e.g. with .mean())"),
-    Row("losses", "opt.backward([loss1, 3.0])  # a Python number beside device tensors",
-        _number_in_the_losses, outcome="works: the number joins the tensors' device and dtype"),
-    Row("losses", "project_simplex(torch.tensor([3e7, 1.0]))",
-        lambda: torch.testing.assert_close(tm.functional.project_simplex(torch.tensor([3e7, 1.0])), torch.tensor([1.0, 0.0])),
-        outcome="``[1, 0]`` (float32 sums once gave ``[0, 0]`` above 2^24)"),
-    Row("losses", "ChebyshevALM(..., penalty_growth=2, outer_every=1), losses ~[1, 150], 30 steps",
-        _chebyshev_growing_penalty, outcome="finite weights that sum to 1 at every step"),
-    Row("losses", "ChebyshevALM: losses of 1e30 and 1",
-        _weights_on_the_simplex([1e30, 1.0], tm.ChebyshevALM), outcome="finite non-negative weights that sum to 1"),
-    Row("losses", "MinMaxWeighting: losses of 1e9 and 1",
-        _weights_on_the_simplex([1e9, 1.0], tm.MinMaxWeighting), outcome="finite non-negative weights that sum to 1"),
-    Row("losses", "MultiGradientDescent: every loss times 1e20", _mgda_scale_invariant(1e20),
-        outcome="the weights of the unscaled losses (to float32 rounding)"),
-    Row("losses", "MultiGradientDescent: every loss times 1e-30", _mgda_scale_invariant(1e-30),
-        outcome="the weights of the unscaled losses (to float32 rounding)"),
+    Row(
+        "losses",
+        "opt.backward(torch.stack([loss1, loss2]).detach())",
+        _backward(lambda m: task_losses(m, 0).detach()),
+        ValueError,
+        says="losses do not require grad",
+    ),
+    Row(
+        "losses",
+        "opt.backward([loss1, float('nan')])  # nonfinite='raise', the default",
+        _backward(lambda m: [task_losses(m, 0)[0], float("nan")]),
+        ValueError,
+        says="losses must be finite",
+        outcome="nothing changes (``nonfinite='skip'`` skips the step instead)",
+    ),
+    Row(
+        "losses",
+        "opt.backward(losses[:1])  # one loss short",
+        _backward(lambda m: task_losses(m, 0)[:1]),
+        ValueError,
+        says="losses must hold num_objectives=2 values, got 1",
+    ),
+    Row(
+        "losses",
+        "opt.backward([loss1, per_sample_loss2])",
+        _backward(lambda m: [task_losses(m, 0)[0], m(torch.randn(4, 6))[0]]),
+        ValueError,
+        says="losses[1] must be a scalar, got shape (4,) (reduce it, e.g. with .mean())",
+    ),
+    Row(
+        "losses",
+        "opt.backward([loss1, 3.0])  # a Python number beside device tensors",
+        _number_in_the_losses,
+        outcome="works: the number joins the tensors' device and dtype",
+    ),
+    Row(
+        "losses",
+        "project_simplex(torch.tensor([3e7, 1.0]))",
+        lambda: torch.testing.assert_close(
+            tm.functional.project_simplex(torch.tensor([3e7, 1.0])), torch.tensor([1.0, 0.0])
+        ),
+        outcome="``[1, 0]`` (float32 sums once gave ``[0, 0]`` above 2^24)",
+    ),
+    Row(
+        "losses",
+        "ChebyshevALM(..., penalty_growth=2, outer_every=1), losses ~[1, 150], 30 steps",
+        _chebyshev_growing_penalty,
+        outcome="finite weights that sum to 1 at every step",
+    ),
+    Row(
+        "losses",
+        "ChebyshevALM: losses of 1e30 and 1",
+        _weights_on_the_simplex([1e30, 1.0], tm.ChebyshevALM),
+        outcome="finite non-negative weights that sum to 1",
+    ),
+    Row(
+        "losses",
+        "MinMaxWeighting: losses of 1e9 and 1",
+        _weights_on_the_simplex([1e9, 1.0], tm.MinMaxWeighting),
+        outcome="finite non-negative weights that sum to 1",
+    ),
+    Row(
+        "losses",
+        "MultiGradientDescent: every loss times 1e20",
+        _mgda_scale_invariant(1e20),
+        outcome="the weights of the unscaled losses (to float32 rounding)",
+    ),
+    Row(
+        "losses",
+        "MultiGradientDescent: every loss times 1e-30",
+        _mgda_scale_invariant(1e-30),
+        outcome="the weights of the unscaled losses (to float32 rounding)",
+    ),
     # ----------------------------------------------------------------------- checkpoints
-    Row("checkpoints", "opt.load_state_dict(state) with state['torch_moo']['config'] = None",
-        _load(lambda state: state["torch_moo"].__setitem__("config", None)), ValueError,
+    Row(
+        "checkpoints",
+        "opt.load_state_dict(state) with state['torch_moo']['config'] = None",
+        _load(lambda state: state["torch_moo"].__setitem__("config", None)),
+        ValueError,
         says="state_dict['torch_moo']['config'] must be a dict of the settings it was saved with, got NoneType None",
-        outcome="nothing changes"),
-    Row("checkpoints", "opt.load_state_dict(state) with state['torch_moo']['state']['since_outer'] = 'x'",
-        _load(lambda state: state["torch_moo"]["state"].__setitem__("since_outer", "x")), ValueError,
+        outcome="nothing changes",
+    ),
+    Row(
+        "checkpoints",
+        "opt.load_state_dict(state) with state['torch_moo']['state']['since_outer'] = 'x'",
+        _load(lambda state: state["torch_moo"]["state"].__setitem__("since_outer", "x")),
+        ValueError,
         says="state_dict['torch_moo']['state']['since_outer'] must be a non-negative int, got str 'x'",
-        outcome="nothing changes (the base optimizer's state included)"),
-    Row("checkpoints", "opt.load_state_dict(state) with a NaN multiplier",
-        _load(lambda state: state["torch_moo"]["state"]["multipliers"].fill_(float("nan"))), ValueError,
+        outcome="nothing changes (the base optimizer's state included)",
+    ),
+    Row(
+        "checkpoints",
+        "opt.load_state_dict(state) with a NaN multiplier",
+        _load(lambda state: state["torch_moo"]["state"]["multipliers"].fill_(float("nan"))),
+        ValueError,
         says="state_dict['torch_moo']['state']['multipliers'] must be finite and non-negative",
-        outcome="nothing changes"),
-    Row("checkpoints", "controller.load_state_dict(state) with state['step'] = -3",
-        _controller_load(lambda state: state.__setitem__("step", -3)), ValueError,
-        says="state_dict['step'] must be a non-negative int, got int -3", outcome="masks and weights unchanged"),
-    Row("checkpoints", "copy.deepcopy((model, opt, controller))", _deepcopy_keeps_masking,
-        outcome="a copy whose controller masks the copied model through the copied optimizer"),
+        outcome="nothing changes",
+    ),
+    Row(
+        "checkpoints",
+        "controller.load_state_dict(state) with state['step'] = -3",
+        _controller_load(lambda state: state.__setitem__("step", -3)),
+        ValueError,
+        says="state_dict['step'] must be a non-negative int, got int -3",
+        outcome="masks and weights unchanged",
+    ),
+    Row(
+        "checkpoints",
+        "copy.deepcopy((model, opt, controller))",
+        _deepcopy_keeps_masking,
+        outcome="a copy whose controller masks the copied model through the copied optimizer",
+    ),
     # ------------------------------------------------------------------------ sparsity
-    Row("sparsity", "a second SparsityController on the same parameters",
-        _second_controller, ValueError, says="is already masked by SparsityController(",
-        outcome="call ``remove()`` on the first one first"),
-    Row("sparsity", "SparsityController(opt, model=conv_transpose_net, structure='row', ...)",
-        _conv_transpose_rows, outcome="prunes output channels (dim 1 of a ConvTranspose weight), as for Conv"),
-    Row("sparsity", "nn.Embedding(sparse=True) + SparseAdam + SparsityController(regrow='gradient')",
-        _sparse_embedding, outcome="works: sparse gradients are scored densely; exact sparsity after every step"),
+    Row(
+        "sparsity",
+        "a second SparsityController on the same parameters",
+        _second_controller,
+        ValueError,
+        says="is already masked by SparsityController(",
+        outcome="call ``remove()`` on the first one first",
+    ),
+    Row(
+        "sparsity",
+        "SparsityController(opt, model=conv_transpose_net, structure='row', ...)",
+        _conv_transpose_rows,
+        outcome="prunes output channels (dim 1 of a ConvTranspose weight), as for Conv",
+    ),
+    Row(
+        "sparsity",
+        "nn.Embedding(sparse=True) + SparseAdam + SparsityController(regrow='gradient')",
+        _sparse_embedding,
+        outcome="works: sparse gradients are scored densely; exact sparsity after every step",
+    ),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from torch_moo.datasets import Cifar10Mnist, MultiMNIST, TwoDigits, load_cifar10, load_mnist, read_idx
+from torch_moo.datasets import Cifar10Mnist, MultiMNIST, TwoDigits, TwoHeadCNN, load_cifar10, load_mnist, read_idx
 
 
 # ----------------------------------------------------------------------------- fake raw files
@@ -141,7 +142,7 @@ def test_multimnist_places_left_and_right_digits(mnist_root):
     assert len(data) == 12 and data.task_names == ("left", "right")
     images, left, right = data.tensors()
     assert images.shape == (12, 1, 28, 28) and images.dtype == torch.float32
-    assert 0 <= images.min() and images.max() <= 1
+    assert images.min() >= 0 and images.max() <= 1
     assert left.tolist() == TRAIN_LABELS
     assert right.tolist() == [TRAIN_LABELS[p] for p in data.partners]
     assert (data.partners != torch.arange(12)).all()
@@ -189,7 +190,7 @@ def test_cifar10mnist_blends_the_digit(cifar_root):
     data = Cifar10Mnist(cifar_root, seed=1, alpha=alpha)
     images, classes, digits = data.tensors()
     assert images.shape == (10, 3, 32, 32) and images.dtype == torch.float32 and data.task_names == ("cifar10", "digit")
-    assert 0 <= images.min() and images.max() <= 1
+    assert images.min() >= 0 and images.max() <= 1
     assert classes.tolist() == list(range(10))
     assert digits.tolist() == [TRAIN_LABELS[i] for i in data.digits]
     assert len(set(data.digits.tolist())) == 10  # enough digits: no repeats
@@ -235,7 +236,7 @@ def test_two_digits_puts_the_labelled_digits_left_and_right(sklearn_digits):
     sources = data.sources.numpy()
     assert left.tolist() == labels[sources[:, 0]].tolist() and right.tolist() == labels[sources[:, 1]].tolist()
     for image, (left_source, right_source), (r0, c0, r1, c1) in zip(images, sources, data.positions.tolist()):
-        assert c0 in (0, 1) and c1 in (7, 8) and 0 <= min(r0, r1) and max(r0, r1) <= 8
+        assert c0 in (0, 1) and c1 in (7, 8) and min(r0, r1) >= 0 and max(r0, r1) <= 8
         canvas = np.zeros((16, 16), np.uint8)
         canvas[r0 : r0 + 8, c0 : c0 + 8] = pixels[left_source]
         canvas[r1 : r1 + 8, c1 : c1 + 8] = np.maximum(canvas[r1 : r1 + 8, c1 : c1 + 8], pixels[right_source])
@@ -281,12 +282,28 @@ def test_two_digits_rejects_bad_arguments(kwargs, error, message):
         TwoDigits(**kwargs)
 
 
-def test_two_digits_without_scikit_learn(monkeypatch):
-    from torch_moo.datasets import digits
+def test_two_digits_without_scikit_learn():
+    # A fresh interpreter in which scikit-learn cannot be found (the data set caches what it found).
+    script = (
+        "import importlib.util\n"
+        "find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *args: None if name == 'sklearn' else find(name, *args)\n"
+        "from torch_moo.datasets import TwoDigits\n"
+        "TwoDigits(size=1)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    expected = "ImportError: TwoDigits needs scikit-learn (its bundled digits): pip install torch-moo[examples]"
+    assert expected in run.stderr
 
-    digits._sklearn_digits.cache_clear()
-    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match=r"needs scikit-learn .*pip install torch-moo\[examples\]"):
-        TwoDigits(size=1)
-    monkeypatch.undo()
-    digits._sklearn_digits.cache_clear()
+
+def test_two_head_cnn_predicts_in_chunks_what_forward_gives():
+    torch.manual_seed(0)
+    model = TwoHeadCNN()
+    images = torch.randn(10, 1, 16, 16)
+    left, right = model.predict(images, chunk_size=3)
+    with torch.no_grad():
+        expected = model(images)
+    torch.testing.assert_close(left, expected[0])
+    torch.testing.assert_close(right, expected[1])
+    assert not left.requires_grad and left.shape == (10, 10)

@@ -10,12 +10,11 @@ import weakref
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import torch_moo as tm
-from torch_moo._layout import Layout
-from torch_moo._validation import check_losses
 from torch_moo.sparsity import SparsityController
-from torch_moo.sparsity.masks import expand, unit_count, unit_norms
+from torch_moo.sparsity.masks import Layout, expand, unit_count, unit_norms
 
 DUPLICATE = "duplicate parameters"  # torch.optim's warning for a parameter listed twice in a group
 
@@ -88,7 +87,9 @@ def duplicate_backward(duplicate: bool, features: bool, **kwargs):
     opt = tm.MultiGradientDescent(params, num_objectives=2, lr=0.1, **kwargs)
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
     z = torch.tanh(trunk(x))
-    alpha = opt.backward([(h(z) - t).square().mean() for h, t in zip(heads, (1.0, -1.0))], features=z if features else None)
+    alpha = opt.backward(
+        [(h(z) - t).square().mean() for h, t in zip(heads, (1.0, -1.0))], features=z if features else None
+    )
     return alpha, [p.grad.clone() for p in [*trunk.parameters(), *heads.parameters()]]
 
 
@@ -139,7 +140,9 @@ def test_loss_space_methods_treat_a_duplicate_as_torch_optim_does(method):
     z = torch.tanh(trunk(x))
     losses = [(h(z) - t).square().mean() for h, t in zip(heads, (1.0, -1.0))]
     weights = opt.weights(losses)
-    expected = torch.autograd.grad(sum(w * loss for w, loss in zip(weights, losses)), trunk.weight, retain_graph=True)[0]
+    expected = torch.autograd.grad(sum(w * loss for w, loss in zip(weights, losses)), trunk.weight, retain_graph=True)[
+        0
+    ]
     before = trunk.weight.detach().clone()
     opt.backward(losses)
     torch.testing.assert_close(trunk.weight.grad, expected)
@@ -154,10 +157,7 @@ def test_loss_space_methods_write_the_weighted_gradient_on_every_layer(kind, met
     model = Trunk(kind)
     params = list(model.parameters())
     base = torch.optim.SparseAdam if kind == "sparse_embedding" else torch.optim.Adam
-    if kind == "sparse_embedding":  # SparseAdam takes the sparse table, Adam the rest
-        opt_params = [model.layer.weight]
-    else:
-        opt_params = params
+    opt_params = [model.layer.weight] if kind == "sparse_embedding" else params  # SparseAdam: the sparse table
     kwargs = {"preference": [0.3, 0.7]} if method == "chebyshev" else {}
     cls = tm.ChebyshevALM if method == "chebyshev" else tm.MinMaxWeighting
     opt = cls(opt_params, num_objectives=2, base=base, lr=1e-2, **kwargs)
@@ -205,7 +205,9 @@ def test_mgda_features_mode_on_every_layer(kind):
     model = Trunk(kind)
     sparse = kind == "sparse_embedding"
     trunk_params = list(model.layer.parameters())
-    opt = tm.MultiGradientDescent(trunk_params, num_objectives=2, base=torch.optim.SparseAdam if sparse else torch.optim.Adam, lr=1e-2)
+    opt = tm.MultiGradientDescent(
+        trunk_params, num_objectives=2, base=torch.optim.SparseAdam if sparse else torch.optim.Adam, lr=1e-2
+    )
     x = model.inputs(0)
     z = model.features(x)
     losses = model.losses(z)
@@ -230,7 +232,9 @@ def test_explorer_step_on_every_layer(kind):
         model = Trunk(kind)
         params = list(model.parameters())
         before = [p.detach().clone() for p in params]
-        opt = tm.ParetoTangentExplorer(params, num_objectives=2, beta=[1.0, 0.0], step_size=0.05, damping=0.1, max_iter=10)
+        opt = tm.ParetoTangentExplorer(
+            params, num_objectives=2, beta=[1.0, 0.0], step_size=0.05, damping=0.1, max_iter=10
+        )
         x = model.inputs(0)
         opt.step(lambda: torch.stack(model.losses(model.features(x))))
         return before, [p.detach() for p in params]
@@ -262,13 +266,13 @@ def train_steps(model: Trunk, opt: torch.optim.Optimizer, steps: int) -> None:
         opt.step()
 
 
-def check_exact(controller: SparsityController, target: float) -> None:
+def check_exact(model: nn.Module, controller: SparsityController, target: float) -> None:
     """Pruned weights are exactly zero, the masks hold the budgets, and the sparsity is the target."""
-    params = dict(zip(controller.names, controller._params))
+    params = dict(model.named_parameters())
     for name, mask in controller.masks.items():
         assert mask.shape == params[name].shape
         assert (params[name][~mask] == 0).all(), name
-    assert [int(m.sum()) for m in controller._masks] == controller._active
+    assert [int(m.sum()) for m in controller.state_dict()["masks"]] == controller.state_dict()["active"]
     assert abs(controller.sparsity() - target) < 0.1  # the rounding of small per-layer budgets
 
 
@@ -279,10 +283,12 @@ def test_controller_trains_every_layer_with_exact_masks(kind, structure, regrow)
     model = Trunk(kind)
     opt = controller_optimizer(model)
     params = [p for p in model.layer.parameters() if p.dim() >= 2]
-    controller = SparsityController(opt, model=model, params=params, sparsity=0.5, structure=structure, regrow=regrow, update_every=2)
+    controller = SparsityController(
+        opt, model=model, params=params, sparsity=0.5, structure=structure, regrow=regrow, update_every=2
+    )
     initial = [p.detach().clone() for p in params]
     train_steps(model, opt, 7)  # three topology updates with regrowth
-    check_exact(controller, 0.5)
+    check_exact(model, controller, 0.5)
     assert controller.step_count == 7 and all(not torch.equal(a, p) for a, p in zip(initial, params))
     for p, mask in zip(params, controller.masks.values()):  # no optimizer state revives a pruned weight
         for value in opt.state[p].values():
@@ -291,15 +297,17 @@ def test_controller_trains_every_layer_with_exact_masks(kind, structure, regrow)
 
 
 def pruned_units(controller: SparsityController, name: str) -> torch.Tensor:
-    return (~controller._masks[controller.names.index(name)]).nonzero().flatten()
+    return (~controller.state_dict()["masks"][controller.names.index(name)]).nonzero().flatten()
 
 
 def test_row_of_a_transposed_convolution_is_an_output_channel():
     model = Trunk("conv_transpose")
     conv = model.layer  # ConvTranspose2d(4, 6, 3, groups=2): weight (4, 3, 3, 3)
-    controller = SparsityController(controller_optimizer(model), model=model, params=[conv.weight], sparsity=0.5, structure="row")
+    controller = SparsityController(
+        controller_optimizer(model), model=model, params=[conv.weight], sparsity=0.5, structure="row"
+    )
     pruned = pruned_units(controller, "layer.weight")
-    assert len(pruned) == 3 and controller._masks[0].numel() == 6  # six output channels, not four inputs
+    assert len(pruned) == 3 and controller.state_dict()["masks"][0].numel() == 6  # six output channels, not four inputs
     y = conv(torch.randn(2, 4, 3, 3))
     for channel in pruned:  # a pruned output channel carries its bias alone
         torch.testing.assert_close(y[:, channel], conv.bias[channel].expand_as(y[:, channel]))
@@ -309,9 +317,11 @@ def test_row_of_a_transposed_convolution_is_an_output_channel():
 def test_column_of_a_transposed_convolution_is_an_input_channel():
     model = Trunk("conv_transpose")
     conv = model.layer
-    controller = SparsityController(controller_optimizer(model), model=model, params=[conv.weight], sparsity=0.5, structure="column")
+    controller = SparsityController(
+        controller_optimizer(model), model=model, params=[conv.weight], sparsity=0.5, structure="column"
+    )
     pruned = pruned_units(controller, "layer.weight")
-    assert controller._masks[0].numel() == 4
+    assert controller.state_dict()["masks"][0].numel() == 4
     x = torch.randn(2, 4, 3, 3)
     changed = x.clone()
     changed[:, pruned] += 10.0  # the output ignores a pruned input channel
@@ -321,9 +331,13 @@ def test_column_of_a_transposed_convolution_is_an_input_channel():
 def test_column_of_a_grouped_convolution_is_an_input_channel():
     model = Trunk("conv")  # Conv2d(2, 4, 3, groups=2): weight (4, 1, 3, 3), one input channel per group
     conv = model.layer
-    controller = SparsityController(controller_optimizer(model), model=model, params=[conv.weight], sparsity=0.5, structure="column")
+    controller = SparsityController(
+        controller_optimizer(model), model=model, params=[conv.weight], sparsity=0.5, structure="column"
+    )
     pruned = pruned_units(controller, "layer.weight")
-    assert controller._masks[0].numel() == 2 and len(pruned) == 1  # two input channels (one unit per group)
+    assert (
+        controller.state_dict()["masks"][0].numel() == 2 and len(pruned) == 1
+    )  # two input channels (one unit per group)
     x = torch.randn(2, 2, 5, 5)
     changed = x.clone()
     changed[:, pruned] += 10.0
@@ -336,17 +350,19 @@ def test_embedding_rows_are_features_and_columns_are_tokens():
     opt = controller_optimizer(model)
     rows = SparsityController(opt, model=model, params=[table], sparsity=0.4, structure="row")
     features = pruned_units(rows, "layer.weight")
-    assert rows._masks[0].numel() == 5 and (table[:, features] == 0).all()
+    assert rows.state_dict()["masks"][0].numel() == 5 and (table[:, features] == 0).all()
     rows.remove()
     columns = SparsityController(opt, model=model, params=[table], sparsity=0.5, structure="column")
     tokens = pruned_units(columns, "layer.weight")
-    assert columns._masks[0].numel() == 12 and (model.layer(tokens) == 0).all()
+    assert columns.state_dict()["masks"][0].numel() == 12 and (model.layer(tokens) == 0).all()
 
 
 def test_lstm_masks_reach_the_flattened_weights():
     model = Trunk("lstm")
     opt = controller_optimizer(model)
-    controller = SparsityController(opt, model=model, params=[model.layer.weight_ih_l0], sparsity=0.5, structure="column")
+    controller = SparsityController(
+        opt, model=model, params=[model.layer.weight_ih_l0], sparsity=0.5, structure="column"
+    )
     train_steps(model, opt, 3)
     (feature,) = pruned_units(controller, "layer.weight_ih_l0").tolist()[:1] or [None]
     assert feature is not None
@@ -362,7 +378,7 @@ def test_without_a_model_parameters_are_taken_as_out_by_in():
     conv = nn.ConvTranspose2d(4, 6, 3)
     opt = torch.optim.SGD(conv.parameters(), lr=0.1)
     controller = SparsityController(opt, params=[conv.weight], sparsity=0.5, structure="row")
-    assert controller._masks[0].numel() == 4  # dim 0, as documented: pass model= for the module's layout
+    assert controller.state_dict()["masks"][0].numel() == 4  # dim 0, as documented: pass model= for the module's layout
 
 
 def test_tied_weights_with_two_layouts_are_ambiguous_for_rows():
@@ -382,8 +398,12 @@ def test_group_lasso_of_a_module_follows_the_layout():
     outputs = torch.stack([w[2 * (c // 3) : 2 * (c // 3) + 2, c % 3].norm() for c in range(6)])
     torch.testing.assert_close(tm.objectives.group_l2(module, structure="row"), outputs.sum())
     torch.testing.assert_close(tm.objectives.group_l2(module, structure="column"), w.flatten(1).norm(dim=1).sum())
-    torch.testing.assert_close(tm.objectives.group_l2(conv.weight, structure="row"), w.flatten(1).norm(dim=1).sum())  # a tensor: dim 0
-    torch.testing.assert_close(tm.objectives.growl(module), 0.8 * w.flatten(1).norm(dim=1).max() + 0.2 * w.flatten(1).norm(dim=1).sum())
+    torch.testing.assert_close(
+        tm.objectives.group_l2(conv.weight, structure="row"), w.flatten(1).norm(dim=1).sum()
+    )  # a tensor: dim 0
+    torch.testing.assert_close(
+        tm.objectives.growl(module), 0.8 * w.flatten(1).norm(dim=1).max() + 0.2 * w.flatten(1).norm(dim=1).sum()
+    )
 
 
 # ------------------------------------------------------------------- sparse Embedding
@@ -393,13 +413,18 @@ def test_sparse_embedding_with_sparse_adam_keeps_exact_masks(regrow, structure):
     torch.manual_seed(0)
     embedding = nn.Embedding(20, 6, sparse=True)
     opt = torch.optim.SparseAdam(embedding.parameters(), lr=0.1)
-    controller = SparsityController(opt, model=embedding, sparsity=0.5, regrow=regrow, update_every=2, structure=structure)
-    budget = list(controller._active)
+    controller = SparsityController(
+        opt, model=embedding, sparsity=0.5, regrow=regrow, update_every=2, structure=structure
+    )
+    budget = list(controller.state_dict()["active"])
     for step in range(7):
         opt.zero_grad()
         embedding(torch.randint(0, 20, (8,), generator=torch.Generator().manual_seed(step))).sum().backward()
         opt.step()
-    assert controller._active == budget and [int(m.sum()) for m in controller._masks] == budget
+    assert (
+        controller.state_dict()["active"] == budget
+        and [int(m.sum()) for m in controller.state_dict()["masks"]] == budget
+    )
     assert controller.sparsity() == 0.5
     mask = controller.masks["weight"]
     assert (embedding.weight[~mask] == 0).all() and (embedding.weight[mask] != 0).any()
@@ -431,7 +456,7 @@ def test_a_failed_topology_update_leaves_the_masks(monkeypatch):
     assert all(torch.equal(a, p) for a, p in zip(weights, model.parameters()))
     after = controller.masks
     assert after.keys() == before.keys() and all(torch.equal(before[k], m) for k, m in after.items())
-    assert all(int(n.sum()) == 0 for n in controller._active_updates)
+    assert all(int(n.sum()) == 0 for n in controller.state_dict()["active_updates"])
 
 
 # ------------------------------------------------------------------- two controllers
@@ -461,13 +486,35 @@ def test_the_attachment_registry_keeps_nothing_alive():
 
 
 # ------------------------------------------------------------------- loss lists
+class _Stacked(Exception):
+    """Raised by :class:`_StackSpy` with the loss vector ``backward`` stacked, to stop the call there."""
+
+
+class _StackSpy(TorchFunctionMode):
+    """Stops at the first ``torch.stack`` (the loss vector ``backward`` builds from a list) and reports it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func is torch.stack:
+            raise _Stacked(result)
+        return result
+
+
+def stacked_losses(losses: list) -> torch.Tensor:
+    """The loss vector that ``opt.backward(losses)`` forms from a list (observed through torch's function hooks)."""
+    opt = tm.FixedWeighting([nn.Parameter(torch.zeros(1))], num_objectives=len(losses), nonfinite="propagate")
+    with pytest.raises(_Stacked) as stacked, _StackSpy():
+        opt.backward(losses)
+    return stacked.value.args[0]
+
+
 def test_a_number_in_the_loss_list_takes_the_tensors_device_and_promoted_dtype():
-    half = torch.tensor(1.0, dtype=torch.float16)
-    losses = check_losses([half, 2.0, torch.tensor([3.0], dtype=torch.float64)], 3, check_finite=False)
+    half = torch.tensor(1.0, dtype=torch.float16, requires_grad=True)
+    losses = stacked_losses([half, 2.0, torch.tensor([3.0], dtype=torch.float64, requires_grad=True)])
     assert losses.dtype == torch.float64 and losses.tolist() == [1.0, 2.0, 3.0]
-    assert check_losses([half, 2.0], 2, check_finite=False).dtype == torch.float16
+    assert stacked_losses([half, 2.0]).dtype == torch.float16
     # the first tensor entry's device, not a default one ("meta" stands in for an accelerator)
-    meta = check_losses([3.0, torch.ones((), device="meta"), torch.ones(1)], 3, check_finite=False)
+    meta = stacked_losses([3.0, torch.ones((), device="meta", requires_grad=True), torch.ones(1, requires_grad=True)])
     assert meta.device.type == "meta" and meta.dtype == torch.float32
 
 
@@ -488,7 +535,7 @@ def test_losses_on_two_devices_are_stacked_on_the_first_tensors_device():
     w_gpu = nn.Parameter(torch.tensor([0.5], device="cuda"))
     opt = tm.MinMaxWeighting([w_gpu, w_cpu], num_objectives=3, base=torch.optim.SGD, lr=0.1)
     losses = [w_gpu.square().sum(), w_cpu.square().sum(), 1.0]
-    assert check_losses(losses, 3, check_finite=False).device == w_gpu.device
+    assert stacked_losses(losses).device == w_gpu.device
     weights = opt.backward(losses)
     torch.testing.assert_close(w_cpu.grad, weights[1].cpu() * 2 * w_cpu.detach())
     torch.testing.assert_close(w_gpu.grad, weights[0] * 2 * w_gpu.detach())
@@ -515,10 +562,7 @@ def test_units_are_the_module_channels_and_expand_inverts_them(structure, layout
         one_hot = torch.zeros(count, dtype=torch.bool)
         one_hot[u] = True
         mask = expand(one_hot, shape, structure, layout)
-        if axis == 0:
-            by_hand = weight[u]
-        else:
-            by_hand = weight[(u // 2) * rows : (u // 2 + 1) * rows, u % 2]
+        by_hand = weight[u] if axis == 0 else weight[(u // 2) * rows : (u // 2 + 1) * rows, u % 2]
         assert torch.equal(weight[mask].sort().values, by_hand.flatten().sort().values)
         torch.testing.assert_close(unit_norms(weight, structure, layout)[u], by_hand.norm())
 

@@ -54,21 +54,43 @@ def test_selection_errors_are_shared(function):
         function(3)
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: objectives.l1([torch.ones(2)], reduction="max"), ValueError,
-     r"reduction must be one of 'sum', 'mean'; got 'max'"),
-    (lambda: objectives.group_l2([torch.ones(2, 2)], reduction="none"), ValueError,
-     r"reduction must be one of 'sum', 'mean'; got 'none'"),
-    (lambda: objectives.group_l2([torch.ones(2, 2)], structure="channel"), ValueError,
-     r"structure must be one of 'row', 'column'; got 'channel'"),
-    (lambda: objectives.growl([torch.ones(2, 2)], structure="rows"), ValueError,
-     r"structure must be one of 'row', 'column'; got 'rows'"),
-    (lambda: objectives.group_l2([torch.ones(2, 2), torch.ones(3)], structure="column"), ValueError,
-     r"group_l2 with structure='column' needs tensors with at least 2 dimension\(s\), "
-     r"got params_or_module\[1\] of shape \(3,\)"),
-    (lambda: objectives.growl([torch.tensor(1.0)], structure="row"), ValueError,
-     r"growl with structure='row' needs tensors with at least 1 dimension\(s\), got params_or_module\[0\] of shape \(\)"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (
+            lambda: objectives.l1([torch.ones(2)], reduction="max"),
+            ValueError,
+            r"reduction must be one of 'sum', 'mean'; got 'max'",
+        ),
+        (
+            lambda: objectives.group_l2([torch.ones(2, 2)], reduction="none"),
+            ValueError,
+            r"reduction must be one of 'sum', 'mean'; got 'none'",
+        ),
+        (
+            lambda: objectives.group_l2([torch.ones(2, 2)], structure="channel"),
+            ValueError,
+            r"structure must be one of 'row', 'column'; got 'channel'",
+        ),
+        (
+            lambda: objectives.growl([torch.ones(2, 2)], structure="rows"),
+            ValueError,
+            r"structure must be one of 'row', 'column'; got 'rows'",
+        ),
+        (
+            lambda: objectives.group_l2([torch.ones(2, 2), torch.ones(3)], structure="column"),
+            ValueError,
+            r"group_l2 with structure='column' needs tensors with at least 2 dimension\(s\), "
+            r"got params_or_module\[1\] of shape \(3,\)",
+        ),
+        (
+            lambda: objectives.growl([torch.tensor(1.0)], structure="row"),
+            ValueError,
+            r"growl with structure='row' needs tensors with at least 1 dimension\(s\), "
+            r"got params_or_module\[0\] of shape \(\)",
+        ),
+    ],
+)
 def test_argument_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
@@ -79,20 +101,27 @@ def test_argument_errors(call, error, message):
 W = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 2.0]])  # rows: 5, 0, sqrt 5; columns: sqrt 10, 4, 2
 
 
-@pytest.mark.parametrize("structure, expected, groups", [
-    ("row", 5.0 + math.sqrt(5.0), 3),
-    ("column", math.sqrt(10.0) + 4.0 + 2.0, 3),
-])
+@pytest.mark.parametrize(
+    "structure, expected, groups",
+    [
+        ("row", 5.0 + math.sqrt(5.0), 3),
+        ("column", math.sqrt(10.0) + 4.0 + 2.0, 3),
+    ],
+)
 def test_group_l2_values(structure, expected, groups):
     assert objectives.group_l2(W, structure=structure).item() == pytest.approx(expected, rel=1e-6)
-    assert objectives.group_l2(W, structure=structure, reduction="mean").item() == pytest.approx(expected / groups, rel=1e-6)
+    assert objectives.group_l2(W, structure=structure, reduction="mean").item() == pytest.approx(
+        expected / groups, rel=1e-6
+    )
 
 
 def test_group_l2_mean_divides_by_the_number_of_groups_over_all_layers():
     layers = [torch.ones(2, 3), torch.ones(4, 1)]  # row groups: 2 of norm sqrt 3, 4 of norm 1
     assert objectives.group_l2(layers, reduction="mean").item() == pytest.approx((2 * math.sqrt(3) + 4) / 6)
     # column groups: 3 of norm sqrt 2, 1 of norm 2
-    assert objectives.group_l2(layers, structure="column", reduction="mean").item() == pytest.approx((3 * math.sqrt(2) + 2) / 4)
+    assert objectives.group_l2(layers, structure="column", reduction="mean").item() == pytest.approx(
+        (3 * math.sqrt(2) + 2) / 4
+    )
 
 
 def test_group_l2_of_a_conv_kernel_groups_output_and_input_channels():
@@ -189,21 +218,32 @@ def test_growl_gradient_is_finite_and_zero_at_zero_groups(weights, lambda1):
     assert torch.equal(z.grad, torch.zeros(3, 2))
 
 
-@pytest.mark.parametrize("weights, error, message", [
-    ([1.0, 2.0], ValueError, r"weights must be nonincreasing, got \[1.0, 2.0\] \(weights\[1\]=2.0 > weights\[0\]=1.0\)"),
-    ([1.0, -0.5], ValueError, r"weights must be non-negative, got \[1.0, -0.5\]"),
-    ([1.0, float("nan")], ValueError, r"weights must be finite, got \[1.0, nan\]"),
-    (torch.tensor([float("inf"), 1.0]), ValueError, r"weights must be finite, got \[inf, 1.0\]"),
-    ([], ValueError, r"weights must be a non-empty 1-D sequence, got shape \(0,\)"),
-    ([[1.0], [0.5]], ValueError, r"weights must be a non-empty 1-D sequence, got shape \(2, 1\)"),
-    (0.5, ValueError, r"weights must be a non-empty 1-D sequence, got shape \(\)"),
-    ("ab", TypeError, r"weights must be a pair \(beta1, beta2\), a 1-D sequence of numbers or a tensor, got 'ab'"),
-    ((-0.1, 0.2), ValueError, r"weights\[0\] \(beta1\) must be >= 0.0, got -0.1"),
-    ((0.8, float("inf")), ValueError, r"weights\[1\] \(beta2\) must be finite, got inf"),
-    ((0.8, "0.2"), TypeError, r"weights\[1\] \(beta2\) must be a real number, got str '0.2'"),
-    ([1.0, 0.5], ValueError, r"weights has 2 entries, but params_or_module\[0\] has 3 column groups: "
-                             r"give at least one weight per group"),
-])
+@pytest.mark.parametrize(
+    "weights, error, message",
+    [
+        (
+            [1.0, 2.0],
+            ValueError,
+            r"weights must be nonincreasing, got \[1.0, 2.0\] \(weights\[1\]=2.0 > weights\[0\]=1.0\)",
+        ),
+        ([1.0, -0.5], ValueError, r"weights must be non-negative, got \[1.0, -0.5\]"),
+        ([1.0, float("nan")], ValueError, r"weights must be finite, got \[1.0, nan\]"),
+        (torch.tensor([float("inf"), 1.0]), ValueError, r"weights must be finite, got \[inf, 1.0\]"),
+        ([], ValueError, r"weights must be a non-empty 1-D sequence, got shape \(0,\)"),
+        ([[1.0], [0.5]], ValueError, r"weights must be a non-empty 1-D sequence, got shape \(2, 1\)"),
+        (0.5, ValueError, r"weights must be a non-empty 1-D sequence, got shape \(\)"),
+        ("ab", TypeError, r"weights must be a pair \(beta1, beta2\), a 1-D sequence of numbers or a tensor, got 'ab'"),
+        ((-0.1, 0.2), ValueError, r"weights\[0\] \(beta1\) must be >= 0.0, got -0.1"),
+        ((0.8, float("inf")), ValueError, r"weights\[1\] \(beta2\) must be finite, got inf"),
+        ((0.8, "0.2"), TypeError, r"weights\[1\] \(beta2\) must be a real number, got str '0.2'"),
+        (
+            [1.0, 0.5],
+            ValueError,
+            r"weights has 2 entries, but params_or_module\[0\] has 3 column groups: "
+            r"give at least one weight per group",
+        ),
+    ],
+)
 def test_growl_weight_errors(weights, error, message):
     with pytest.raises(error, match=message):
         objectives.growl(W, weights=weights)
@@ -268,16 +308,29 @@ def test_reweighted_l1_load_moves_references_to_the_parameter_dtype():
     assert penalty.references[0].dtype == torch.float64
 
 
-@pytest.mark.parametrize("state, message", [
-    ({}, r"state_dict has no 'references' entry: it was not saved by ReweightedL1.state_dict\(\)"),
-    ({"references": torch.ones(2, 2)}, r"state_dict\['references'\] must be a list of tensors, got Tensor"),
-    ({"references": [torch.ones(2, 3)]}, r"state_dict holds 1 references, but this ReweightedL1 penalises 2 parameters"),
-    ({"references": [torch.ones(2, 3), torch.ones(3, 2)]},
-     r"state_dict reference 1 has shape \(3, 2\), expected \(2, 2\) \(the shape of parameter 1\)"),
-    ({"references": [torch.ones(2, 3), [[1.0, 1.0], [1.0, 1.0]]]}, r"state_dict reference 1 must be a tensor, got list"),
-    ({"references": [torch.ones(2, 3), torch.tensor([[1.0, float("nan")], [1.0, 1.0]])]},
-     r"state_dict reference 1 must be finite"),
-])
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ({}, r"state_dict has no 'references' entry: it was not saved by ReweightedL1.state_dict\(\)"),
+        ({"references": torch.ones(2, 2)}, r"state_dict\['references'\] must be a list of tensors, got Tensor"),
+        (
+            {"references": [torch.ones(2, 3)]},
+            r"state_dict holds 1 references, but this ReweightedL1 penalises 2 parameters",
+        ),
+        (
+            {"references": [torch.ones(2, 3), torch.ones(3, 2)]},
+            r"state_dict reference 1 has shape \(3, 2\), expected \(2, 2\) \(the shape of parameter 1\)",
+        ),
+        (
+            {"references": [torch.ones(2, 3), [[1.0, 1.0], [1.0, 1.0]]]},
+            r"state_dict reference 1 must be a tensor, got list",
+        ),
+        (
+            {"references": [torch.ones(2, 3), torch.tensor([[1.0, float("nan")], [1.0, 1.0]])]},
+            r"state_dict reference 1 must be finite",
+        ),
+    ],
+)
 def test_reweighted_l1_load_errors_change_nothing(state, message):
     params = [torch.randn(2, 3), torch.randn(2, 2)]
     penalty = objectives.ReweightedL1(params)
@@ -287,12 +340,15 @@ def test_reweighted_l1_load_errors_change_nothing(state, message):
     assert all(torch.equal(r, b) for r, b in zip(penalty.references, before))
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"eps": 0.0}, ValueError, r"eps must be > 0.0, got 0.0"),
-    ({"eps": float("nan")}, ValueError, r"eps must be finite, got nan"),
-    ({"eps": "1e-6"}, TypeError, r"eps must be a real number, got str '1e-6'"),
-    ({"reduction": "max"}, ValueError, r"reduction must be one of 'sum', 'mean'; got 'max'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"eps": 0.0}, ValueError, r"eps must be > 0.0, got 0.0"),
+        ({"eps": float("nan")}, ValueError, r"eps must be finite, got nan"),
+        ({"eps": "1e-6"}, TypeError, r"eps must be a real number, got str '1e-6'"),
+        ({"reduction": "max"}, ValueError, r"reduction must be one of 'sum', 'mean'; got 'max'"),
+    ],
+)
 def test_reweighted_l1_argument_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
         objectives.ReweightedL1([torch.ones(2, 2)], **kwargs)

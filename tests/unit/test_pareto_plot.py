@@ -9,7 +9,7 @@ import torch
 from torch_moo.pareto import Front, hypervolume, plot_front
 
 matplotlib.use("Agg")  # the test extra installs matplotlib; no display here
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,12 @@ POINTS_2D = [[0.0, 1.0], [0.2, 0.2], [1.0, 0.0], [0.5, 0.5], [0.2, 0.2], [1.2, 0
 def test_2d_front_highlights_the_non_dominated_points_and_shades_the_hypervolume():
     ax = plot_front(POINTS_2D, reference=[1.1, 1.1], knee=1, labels=["loss", "l1"])
     assert isinstance(ax, matplotlib.axes.Axes) and ax.name == "rectilinear"
-    assert (drawn(ax, "non-dominated"), drawn(ax, "dominated"), drawn(ax, "knee"), drawn(ax, "reference")) == (4, 2, 1, 1)
+    assert (drawn(ax, "non-dominated"), drawn(ax, "dominated"), drawn(ax, "knee"), drawn(ax, "reference")) == (
+        4,
+        2,
+        1,
+        1,
+    )
     dominated = next(c for c in ax.collections if c.get_label() == "dominated")
     assert dominated.get_alpha() < 1
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("loss", "l1")
@@ -53,21 +58,32 @@ def test_3d_front_on_new_or_given_axes():
     points = [[0.0, 1.0, 0.5], [1.0, 0.0, 0.5], [0.5, 0.5, 0.0], [0.6, 0.6, 0.6]]
     ax = plot_front(points, reference=[2, 2, 2], knee=2)
     assert ax.name == "3d" and ax.get_zlabel() == "f3"
-    assert (drawn(ax, "non-dominated"), drawn(ax, "dominated"), drawn(ax, "knee"), drawn(ax, "reference")) == (3, 1, 1, 1)
+    assert (drawn(ax, "non-dominated"), drawn(ax, "dominated"), drawn(ax, "knee"), drawn(ax, "reference")) == (
+        3,
+        1,
+        1,
+        1,
+    )
     given = plt.figure().add_subplot(projection="3d")
     assert plot_front(Front(points, points, [None] * 4), ax=given) is given  # a Front plots its values
     given.figure.canvas.draw()  # renders on Agg
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"points": [[1.0], [2.0]]}, r"plot_front draws 2 or 3 objectives, got 1"),
-    ({"points": [[1.0, 2.0, 3.0, 4.0]]}, r"plot_front draws 2 or 3 objectives, got 4"),
-    ({"points": [[1.0, 2.0]], "labels": ["a"]}, r"labels must name the 2 objectives, got 1: \['a'\]"),
-    ({"points": [[1.0, 2.0]], "knee": 1}, r"knee must be a row index in \[0, 1\), got 1"),
-    ({"points": [[1.0, 2.0]], "reference": [3.0]}, r"reference must have 2 entries \(one per objective\), got shape \(1,\)"),
-    ({"points": [[1.0, 2.0, 3.0]], "ax": "2d"}, r"3 objectives need 3-D Axes, got 'rectilinear' Axes"),
-    ({"points": [[1.0, 2.0]], "ax": "3d"}, r"2 objectives need 2-D Axes, got '3d' Axes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"points": [[1.0], [2.0]]}, r"plot_front draws 2 or 3 objectives, got 1"),
+        ({"points": [[1.0, 2.0, 3.0, 4.0]]}, r"plot_front draws 2 or 3 objectives, got 4"),
+        ({"points": [[1.0, 2.0]], "labels": ["a"]}, r"labels must name the 2 objectives, got 1: \['a'\]"),
+        ({"points": [[1.0, 2.0]], "knee": 1}, r"knee must be a row index in \[0, 1\), got 1"),
+        (
+            {"points": [[1.0, 2.0]], "reference": [3.0]},
+            r"reference must have 2 entries \(one per objective\), got shape \(1,\)",
+        ),
+        ({"points": [[1.0, 2.0, 3.0]], "ax": "2d"}, r"3 objectives need 3-D Axes, got 'rectilinear' Axes"),
+        ({"points": [[1.0, 2.0]], "ax": "3d"}, r"2 objectives need 2-D Axes, got '3d' Axes"),
+    ],
+)
 def test_errors(kwargs, message):
     if "ax" in kwargs:
         kwargs["ax"] = plt.figure().add_subplot(projection=None if kwargs["ax"] == "2d" else "3d")

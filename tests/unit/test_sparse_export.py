@@ -66,9 +66,7 @@ def test_sparse_linear_attributes(layout):
     assert sparse.weight.layout == layout and sparse.bias.layout == torch.strided
     assert sparse.density == pytest.approx(0.25)
     assert list(sparse.parameters()) == []  # inference-only: buffers, no parameters
-    assert repr(sparse) == (
-        f"SparseLinear(in_features=48, out_features=32, bias=True, layout={layout}, density=0.250)"
-    )
+    assert repr(sparse) == (f"SparseLinear(in_features=48, out_features=32, bias=True, layout={layout}, density=0.250)")
     torch.testing.assert_close(sparse.weight.to_dense(), linear.weight.detach(), rtol=0, atol=0)
     assert linear.weight.layout == torch.strided and linear.weight.requires_grad  # from_dense leaves it alone
 
@@ -262,7 +260,10 @@ def test_to_sparse_of_exported_model():
 
 def test_exported_state_dict_round_trip():
     """A whole exported model's state_dict loads into another export of a differently sparse model."""
-    source, target = to_sparse(make_mlp(seed=0)), to_sparse(make_mlp(sparsities=(0.6, 0.7, 0.8), seed=1), min_sparsity=0.5)
+    source, target = (
+        to_sparse(make_mlp(seed=0)),
+        to_sparse(make_mlp(sparsities=(0.6, 0.7, 0.8), seed=1), min_sparsity=0.5),
+    )
     buffer = io.BytesIO()
     torch.save(source.state_dict(), buffer)
     buffer.seek(0)
@@ -297,7 +298,7 @@ def test_to_sparse_errors(change, error, message):
 
 
 def test_to_sparse_layout_is_keyword_only():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"to_sparse\(\) takes 1 positional argument but 2 were given"):
         to_sparse(make_mlp(), torch.sparse_coo)
 
 

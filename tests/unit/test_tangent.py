@@ -6,46 +6,34 @@ import math
 import pytest
 import torch
 
+from tests.helpers import assert_resumes
 from torch_moo import MultiGradientDescent, ParetoTangentExplorer
 from torch_moo.exploration import explore, interpolate_states, local_pareto_set
 from torch_moo.functional import min_norm_weights
 from torch_moo.pareto import non_dominated
+from torch_moo.problems import cylinder, cylinder_point
 
 F64 = torch.float64
-RADIUS = math.sqrt(math.pi)
-
-
-def cylinder_problem(x):
-    """Ma, Du & Matusik (ICML 2020), n = 3, m = 2: the Pareto set is the cylinder x1^2 + x2^2 = pi
-    and the front f2 = 1 - f1^2 (there u1 = u2 = 0, so g = 1)."""
-    r2 = x[1] ** 2 + x[2] ** 2
-    u0 = torch.sin(x[0] + r2) / 2 + 0.5
-    u1 = torch.cos(r2) / 2 + 0.5
-    g = 1 + 9 / 2 * (u1 + u1)
-    return torch.stack([u0, g * (1 - (u0 / g) ** 2)])
-
-
-def on_cylinder(s, angle):
-    """A Pareto-optimal point with f1 = sin(s)/2 + 1/2 (s in (-pi/2, pi/2) keeps it on the front)."""
-    return torch.tensor([s - math.pi, RADIUS * math.cos(angle), RADIUS * math.sin(angle)], dtype=F64, requires_grad=True)
 
 
 def front_error(x):
-    f = cylinder_problem(x.detach())
+    f = cylinder(x.detach())
     return abs((f[1] - (1 - f[0] ** 2)).item())
 
 
 @pytest.mark.parametrize("s, angle", [(0.3, 0.4), (-0.5, 2.0), (0.9, -1.2)])
 def test_tangent_is_tangent_to_the_pareto_set_and_matches_a_direct_solve(s, angle):
-    x = on_cylinder(s, angle)
+    x = cylinder_point(s, angle)
     opt = ParetoTangentExplorer([x], num_objectives=2, beta=[1.0, 0.0], damping=1e-4, max_iter=10, tol=1e-12)
     start = x.detach().clone()
-    opt.step(lambda: cylinder_problem(x))
+    opt.step(lambda: cylinder(x))
     # The direct solve of (sum_i alpha_i Hess f_i + damping I) v = J^T beta, with the full Hessian.
-    jacobian = torch.autograd.functional.jacobian(cylinder_problem, start)
+    jacobian = torch.autograd.functional.jacobian(cylinder, start)
     alpha, _ = min_norm_weights(jacobian @ jacobian.T)
-    hessian = torch.autograd.functional.hessian(lambda y: alpha @ cylinder_problem(y), start)
-    direct = torch.linalg.solve(hessian + 1e-4 * torch.eye(3, dtype=F64), jacobian.T @ torch.tensor([1.0, 0.0], dtype=F64))
+    hessian = torch.autograd.functional.hessian(lambda y: alpha @ cylinder(y), start)
+    direct = torch.linalg.solve(
+        hessian + 1e-4 * torch.eye(3, dtype=F64), jacobian.T @ torch.tensor([1.0, 0.0], dtype=F64)
+    )
     # Three unknowns: MINRES is exact after three Hessian-vector products up to rounding of the
     # float64 Lanczos recurrence (about 1e-14 relative); 1e-9 leaves room for the conditioning.
     torch.testing.assert_close(opt.tangent_solve.solution, direct, rtol=1e-9, atol=1e-12)
@@ -58,17 +46,17 @@ def test_tangent_is_tangent_to_the_pareto_set_and_matches_a_direct_solve(s, angl
     # proportional to it: about 1e-3 at damping 1e-2 (measured), so about 1e-5 here.
     assert abs(move @ radial) / move.norm() < 1e-4
     assert math.isclose(move.norm().item(), 0.1, rel_tol=1e-12)
-    assert cylinder_problem(x.detach())[0] < cylinder_problem(start)[0]  # beta = e_1 improves f_1
+    assert cylinder(x.detach())[0] < cylinder(start)[0]  # beta = e_1 improves f_1
 
 
 @pytest.mark.parametrize("beta, improved", [([1.0, 0.0], 0), ([0.0, 1.0], 1)])
 def test_exploration_walks_along_the_front(beta, improved):
-    x = on_cylinder(0.2, 0.7)
+    x = cylinder_point(0.2, 0.7)
     opt = ParetoTangentExplorer([x], num_objectives=2, beta=beta, step_size=0.05, damping=1e-3, max_iter=10)
-    values = [cylinder_problem(x.detach())]
+    values = [cylinder(x.detach())]
     for _ in range(10):
-        opt.step(lambda: cylinder_problem(x))
-        values.append(cylinder_problem(x.detach()))
+        opt.step(lambda: cylinder(x))
+        values.append(cylinder(x.detach()))
         # Moving along tangents leaves the set at second order: r^2 drifts by about 2e-5 per step
         # of 0.05, and the front's g - 1 = 9 (1 + cos r^2) / 2 grows as the square of that drift.
         assert front_error(x) < 1e-6
@@ -83,10 +71,10 @@ def test_correction_steps_pull_the_iterate_back_to_the_pareto_set():
     # steps pull back, slowly, since the min-norm direction shrinks near the set.
     drift, stationarity = {}, {}
     for corrections in (0, 5):
-        x = on_cylinder(0.0, 0.3)
+        x = cylinder_point(0.0, 0.3)
         opt = ParetoTangentExplorer([x], num_objectives=2, step_size=0.2, damping=0.1, corrections=corrections, lr=2e-2)
         for _ in range(5):
-            opt.step(lambda: cylinder_problem(x))
+            opt.step(lambda x=x: cylinder(x))
         drift[corrections], stationarity[corrections] = abs((x[1] ** 2 + x[2] ** 2).item() - math.pi), opt.stationarity
     assert drift[5] < 0.6 * drift[0] and stationarity[5] < stationarity[0]
 
@@ -129,7 +117,7 @@ def test_step_after_backward_is_an_mgda_step():
 
 
 def test_step_hooks_run_once_per_exploration_step_with_corrections():
-    x = on_cylinder(0.1, 0.0)
+    x = cylinder_point(0.1, 0.0)
     opt = ParetoTangentExplorer([x], num_objectives=2, corrections=2, lr=1e-3)
     calls = []
     opt.register_step_post_hook(lambda *_: calls.append(1))
@@ -137,51 +125,25 @@ def test_step_hooks_run_once_per_exploration_step_with_corrections():
 
     def closure():
         evaluations.append(1)
-        return cylinder_problem(x)
+        return cylinder(x)
 
     returned = opt.step(closure)
     assert len(calls) == 1 and len(evaluations) == 3  # the tangent, then one per correction
     assert returned.shape == (2,) and not returned.requires_grad
 
 
-def test_state_dict_round_trip_and_configuration_check():
-    x = on_cylinder(0.1, 0.0)
-    opt = ParetoTangentExplorer([x], num_objectives=2, damping=0.05)
-    opt.step(lambda: cylinder_problem(x))
-    saved = opt.state_dict()
-    fresh = ParetoTangentExplorer([on_cylinder(0.1, 0.0)], num_objectives=2, damping=0.05)
-    fresh.load_state_dict(saved)
-    other = ParetoTangentExplorer([on_cylinder(0.1, 0.0)], num_objectives=2, damping=0.2)
-    with pytest.raises(ValueError, match="damping=0.05"):
-        other.load_state_dict(saved)
+def test_exploration_resumes_bit_for_bit():
+    # its refused settings, closures and state dicts: tests/unit/test_error_tables.py
+    def build():
+        point = torch.nn.ParameterList([cylinder_point(0.1, 0.0)])
+        return point, ParetoTangentExplorer(point.parameters(), num_objectives=2, damping=0.05, corrections=1)
 
+    def run(objects, start, stop):
+        point, opt = objects
+        for _ in range(start, stop):
+            opt.step(lambda: cylinder(point[0]))
 
-@pytest.mark.parametrize(
-    "kwargs, error, message",
-    [
-        (dict(beta=[0.0, 0.0]), ValueError, "beta must have a non-zero entry"),
-        (dict(beta=[1.0]), ValueError, r"beta must have 2 entries"),
-        (dict(step_size=0.0), ValueError, "step_size must be > 0"),
-        (dict(damping=-1.0), ValueError, "damping must be >= 0"),
-        (dict(max_iter=0), ValueError, "max_iter must be >= 1"),
-        (dict(corrections=-1), ValueError, "corrections must be >= 0"),
-        (dict(tol=0.0), ValueError, "tol must be > 0"),
-    ],
-)
-def test_bad_configuration(kwargs, error, message):
-    with pytest.raises(error, match=message):
-        ParetoTangentExplorer([torch.zeros(2, requires_grad=True)], num_objectives=2, **kwargs)
-
-
-def test_closure_errors():
-    x = torch.zeros(2, requires_grad=True)
-    opt = ParetoTangentExplorer([x], num_objectives=2)
-    with pytest.raises(ValueError, match="do not require grad"):
-        opt.step(lambda: torch.stack([x.sum(), x.prod()]).detach())
-    with pytest.raises(ValueError, match="2"):
-        opt.step(lambda: torch.stack([x.sum(), x.sum(), x.sum()]))
-    with pytest.raises(RuntimeError, match="found no backward"):
-        opt.step()
+    assert_resumes(build, run, steps=6)
 
 
 def quadratic_losses(model):
@@ -209,6 +171,27 @@ def test_explore_returns_every_start_and_point_and_leaves_the_starts_alone():
     torch.testing.assert_close(first[-1], torch.full((1, 2), 0.3 - 3 * 0.05 / math.sqrt(2), dtype=F64))
 
 
+def test_explore_calls_the_callback_with_each_point_as_it_is_reached():
+    model = torch.nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    evaluations, seen = [], []  # loss evaluations so far; (point, evaluations when the callback ran)
+
+    def losses(model):
+        evaluations.append(1)
+        return quadratic_losses(model)
+
+    def callback(point):
+        seen.append((point, len(evaluations)))
+
+    points = explore(model, losses, steps=2, step_size=0.1, damping=0.0, callback=callback)
+    assert [point for point, _ in seen] == points  # every point, once, in the returned order
+    counts = [count for _, count in seen]
+    assert counts[0] == 1 and counts == sorted(set(counts))  # called as each point is reached, not at the end
+    assert [(p.start, p.direction, p.step) for p in points] == [(0, -1, 0), (0, 0, 1), (0, 0, 2), (0, 1, 1), (0, 1, 2)]
+    assert all(p.tangent_iterations is not None for p in points[1:])  # each step's solve is visible to it
+
+
 def test_local_pareto_set_interpolates_a_point_and_its_neighbours():
     model = torch.nn.Linear(2, 1, bias=False).double()
     with torch.no_grad():
@@ -228,25 +211,20 @@ def test_interpolate_states_keeps_integer_buffers_and_checks_input():
     assert combined["w"].item() == 2.0 and combined["n"].item() == 3
     with pytest.raises(ValueError, match="one entry per state"):
         interpolate_states([a, b], [1.0])
-    with pytest.raises(ValueError, match="same keys"):
+    with pytest.raises(ValueError, match=r"states must have the same keys \(state dicts of one architecture\)"):
         interpolate_states([a, {"w": torch.tensor([1.0])}], [0.5, 0.5])
 
 
-def test_non_finite_losses_raise_or_skip_the_exploration_step_and_move_nothing():
-    for nonfinite in ("raise", "skip"):
-        x = on_cylinder(0.1, 0.0)
-        opt = ParetoTangentExplorer([x], num_objectives=2, nonfinite=nonfinite)
-        before = x.detach().clone()
-        bad = lambda: cylinder_problem(x) * torch.tensor([1.0, float("nan")], dtype=F64)  # noqa: E731
-        if nonfinite == "raise":
-            with pytest.raises(ValueError, match="losses must be finite"):
-                opt.step(bad)
-        else:
-            opt.step(bad)
-            assert opt.skipped
-        assert torch.equal(x.detach(), before)
-        opt.step(lambda: cylinder_problem(x))  # the next finite step explores as usual
-        assert not opt.skipped and not torch.equal(x.detach(), before)
+def test_non_finite_losses_skip_the_exploration_step_and_move_nothing():
+    # under nonfinite="raise" they are an error: tests/unit/test_error_tables.py
+    x = cylinder_point(0.1, 0.0)
+    opt = ParetoTangentExplorer([x], num_objectives=2, nonfinite="skip")
+    before = x.detach().clone()
+    opt.step(lambda: cylinder(x) * torch.tensor([1.0, float("nan")], dtype=F64))
+    assert opt.skipped
+    assert torch.equal(x.detach(), before)
+    opt.step(lambda: cylinder(x))  # the next finite step explores as usual
+    assert not opt.skipped and not torch.equal(x.detach(), before)
 
 
 def test_explored_points_carry_their_solve_statistics():

@@ -11,7 +11,7 @@ from torch_moo.functional.chebyshev import (
 from torch_moo.functional.curvature import hessian_vector_product
 from torch_moo.functional.krylov import MinresResult, minres
 from torch_moo.functional.mgda import mgda_weights, normalized_gram
-from torch_moo.functional.min_norm import min_norm_weights
+from torch_moo.functional.min_norm import MinNormSolution, min_norm_solve, min_norm_weights
 from torch_moo.functional.simplex import project_simplex, simplex_threshold
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "chebyshev_terms",
     "hessian_vector_product",
     "mgda_weights",
+    "MinNormSolution",
+    "min_norm_solve",
     "min_norm_weights",
     "minres",
     "normalized_gram",

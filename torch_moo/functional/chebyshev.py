@@ -88,9 +88,7 @@ def _threshold(shifted: Tensor, rule: MultiplierRule) -> Tensor:
     return (shifted.sum(dim=-1, keepdim=True) - 1) / shifted.shape[-1]
 
 
-def optimal_level(
-    terms: Tensor, multipliers: Tensor, penalty: Tensor | float, rule: MultiplierRule = "phr"
-) -> Tensor:
+def optimal_level(terms: Tensor, multipliers: Tensor, penalty: Tensor | float, rule: MultiplierRule = "phr") -> Tensor:
     r"""The level :math:`t^*` that minimises the augmented Lagrangian, in closed form.
 
     For ``rule="phr"``, :math:`L(t) = t + \sum_i \psi(g_i - t, \lambda_i, \mu)`; setting

@@ -76,7 +76,8 @@ def minres(
     taken after an exact power-of-two rescaling, so no square leaves float32's range: for
     :math:`c, c'` from about :math:`10^{-30}` to :math:`10^{30}` (and :math:`c'/c` too),
     :math:`(cA, c'b)` gives the iterates of :math:`(A, b)` times :math:`c'/c` and the same
-    iterations (a property test). The only host synchronisation is the convergence test, read every ``check_every`` iterations; between
+    iterations (a property test). The only host synchronisation is the convergence test, read
+    every ``check_every`` iterations; between
     tests a converged iterate is held with masks, so the result is the iterate at convergence
     whatever ``check_every`` is. On a GPU, ``check_every > 1`` saves synchronisations at the
     cost of up to ``check_every - 1`` wasted operator calls.

@@ -16,7 +16,7 @@ from torch_moo.functional.min_norm import min_norm_weights
 __all__ = ["NORMALIZATIONS", "mgda_weights", "normalized_gram"]
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
+NORMALIZATIONS: tuple[Normalization, ...] = ("none", "l2", "loss", "loss+")
 
 
 def normalized_gram(gram: Tensor, losses: Tensor | None = None, normalization: Normalization = "none") -> Tensor:

@@ -8,12 +8,14 @@ point in a polytope* (Mathematical Programming, 1976), written on the Gram matri
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from torch_moo._validation import all_finite
 
-__all__ = ["min_norm_weights"]
+__all__ = ["MinNormSolution", "min_norm_solve", "min_norm_weights"]
 
 # Wolfe's tolerance Z1 on the Gram matrix scaled to a largest diagonal entry of 1: an index
 # joins the support only if it lowers <x, g_j> below ||x||^2 by more than this. The float64
@@ -32,6 +34,8 @@ _RIDGE = 1e-13
 # can lower ||x||^2 by less than that (the first-order test sees 1e-9, the norm 1e-17); halting
 # at the first such cycle left a gap of 1e-8 (hypothesis found gradients g, g + 1e-8 h, -g).
 _ROUNDING = 1e-15
+# The solver's constants (gram, bordered, eye, index, last) and state (lam, support, done, anchor_norm, stalled).
+_Tensors5 = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 def _max_iterations(k: int) -> int:
@@ -50,7 +54,7 @@ def _max_iterations(k: int) -> int:
     return 4 * k + 10
 
 
-def _wolfe_step(constants: tuple[Tensor, ...], state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+def _wolfe_step(constants: _Tensors5, state: _Tensors5) -> _Tensors5:
     """One iteration of Wolfe's algorithm with masks, without Python branching on tensor values.
 
     ``constants`` is ``(gram, bordered, eye, index, last)``: the scaled Gram matrix ``G``,
@@ -140,13 +144,29 @@ def _wolfe(gram: Tensor, early_exit: bool, start: Tensor | None = None) -> tuple
     return lam / lam.sum(), done, iterations
 
 
-def _min_norm(gram: Tensor, early_exit: bool, start: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """:func:`min_norm_weights` without the argument checks; ``early_exit`` as in :func:`_wolfe`."""
+class MinNormSolution(NamedTuple):
+    """What :func:`min_norm_solve` returns."""
+
+    weights: Tensor
+    r""":math:`\alpha^\star`, shape ``(k,)``, in the Gram matrix's dtype and on its device."""
+    gap: Tensor
+    """The Frank-Wolfe duality gap at the weights (see :func:`min_norm_weights`), a scalar."""
+    iterations: int
+    r"""Wolfe iterations run, the warm start's and a repeated cold solve's together (0 for :math:`k \le 2`,
+    where the solution is closed-form); without early exit, the whole fixed count."""
+    stopped: Tensor
+    r"""Whether Wolfe's optimality test stopped the method within its iteration cap (a boolean scalar
+    on the device; ``True`` for :math:`k \le 2`)."""
+
+
+def _min_norm(gram: Tensor, early_exit: bool, start: Tensor | None = None) -> MinNormSolution:
+    """:func:`min_norm_solve` without the argument checks; ``early_exit`` as in :func:`_wolfe`."""
     k = gram.shape[-1]
     exact = gram.detach().to(torch.float64)
     largest = exact.diagonal().max()
     nonzero = largest > 0
     scaled = exact / torch.where(nonzero, largest, 1.0)
+    iterations, stopped = 0, torch.ones((), dtype=torch.bool, device=gram.device)
     if k == 1:
         lam = scaled.new_ones(1)
     elif k == 2:
@@ -163,23 +183,26 @@ def _min_norm(gram: Tensor, early_exit: bool, start: Tensor | None = None) -> tu
         lam = torch.stack((first, 1 - first))
     else:
         ridged = scaled + _RIDGE * torch.eye(k, dtype=scaled.dtype, device=scaled.device)
-        lam = None
+        warm = None
         if start is not None and early_exit:  # off the CPU every iteration runs anyway: nothing to save
-            lam = _wolfe(ridged, early_exit, start.detach().to(scaled))[0]
-            directional = ridged @ lam
+            warm, stopped, iterations = _wolfe(ridged, early_exit, start.detach().to(scaled))
+            directional = ridged @ warm
             # Stopped other than by Wolfe's optimality test (its rounding safety net, which a warm
             # start into a nearly singular corral can trip): solve again from the default start.
-            if lam @ directional - directional.min() > _ADD_TOLERANCE:
-                lam = None
-        if lam is None:
-            lam = _wolfe(ridged, early_exit)[0]
+            if warm @ directional - directional.min() > _ADD_TOLERANCE:
+                warm = None
+        if warm is None:
+            lam, stopped, cold = _wolfe(ridged, early_exit)
+            iterations += cold
+        else:
+            lam = warm
     lam = torch.where(nonzero, lam, 1.0 / k)  # zero Gram: every alpha is optimal
     lam = torch.where(all_finite(exact), lam, torch.nan)
     alpha = lam.to(gram.dtype)
     lam = alpha.to(torch.float64)
     directional = exact @ lam
     gap = lam @ directional - directional.min()
-    return alpha, gap.to(gram.dtype)
+    return MinNormSolution(alpha, gap.to(gram.dtype), iterations, stopped)
 
 
 def min_norm_weights(gram: Tensor, start: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -250,6 +273,23 @@ def min_norm_weights(gram: Tensor, start: Tensor | None = None) -> tuple[Tensor,
         >>> gap
         tensor(0.)
     """
+    weights, gap, _, _ = min_norm_solve(gram, start)
+    return weights, gap
+
+
+def min_norm_solve(gram: Tensor, start: Tensor | None = None, *, early_exit: bool | None = None) -> MinNormSolution:
+    """:func:`min_norm_weights` with the solver's diagnostics, and its device path on any device.
+
+    Args:
+        gram, start: as for :func:`min_norm_weights`.
+        early_exit: stop Wolfe's loop as soon as it is optimal, which reads a flag on the host at
+            every iteration; ``None`` (the default) does so on the CPU only, where that read is
+            free. ``False`` runs the fixed iteration count with no host read, as on a GPU (the
+            warm start is then ignored): the device path, on the CPU too.
+
+    Returns:
+        A :class:`MinNormSolution`: ``(weights, gap, iterations, stopped)``.
+    """
     if not isinstance(gram, Tensor):
         raise TypeError(f"gram must be a tensor, got {type(gram).__name__}")
     if not gram.is_floating_point():
@@ -258,4 +298,6 @@ def min_norm_weights(gram: Tensor, start: Tensor | None = None) -> tuple[Tensor,
         raise ValueError(f"gram must be a square k x k matrix with k >= 1, got shape {tuple(gram.shape)}")
     if start is not None and (not isinstance(start, Tensor) or start.shape != (gram.shape[0],)):
         raise ValueError(f"start must be a tensor of shape ({gram.shape[0]},), got {getattr(start, 'shape', start)!r}")
-    return _min_norm(gram, early_exit=gram.device.type == "cpu", start=start)
+    if early_exit is None:
+        early_exit = gram.device.type == "cpu"
+    return _min_norm(gram, early_exit=bool(early_exit), start=start)

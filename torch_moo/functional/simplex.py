@@ -46,7 +46,8 @@ def _shifted_threshold(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     The projection commutes with a common shift, and after it the entries that can be active
     lie in :math:`(-1, 0]`: :math:`\tau - m \ge \tau_1 - m = -1`. For :math:`m \ge 2` such an
     entry is at least :math:`m/2`, so its difference from :math:`m` is exact (Sterbenz; for
-    :math:`m < 2` it is below 1 and rounded by half an epsilon at most), and the cumulative sums over the active entries stay below :math:`k` in magnitude, so their
+    :math:`m < 2` it is below 1 and rounded by half an epsilon at most), and the cumulative sums
+    over the active entries stay below :math:`k` in magnitude, so their
     rounding is that of numbers of order one whatever the input's scale. Summing the raw values
     instead loses every entry below the spacing of the largest (all weights 0 once it passes
     :math:`2^{24}` in float32). Entries more than 1 below :math:`m` are inactive, whatever their

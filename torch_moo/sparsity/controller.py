@@ -53,7 +53,8 @@ class SparsityController:
 
     The controller attaches to the optimizer's step hooks (to the base optimizer of a torch_moo
     optimizer, and a re-masking hook to the torch_moo optimizer itself, whose exploration steps
-    may move the weights outside the base's step), so the training loop is unchanged; :meth:`remove` detaches it. Before each step
+    may move the weights outside the base's step), so the training loop is unchanged; :meth:`remove`
+    detaches it. Before each step
     it zeroes the gradients of pruned weights (and, on an update step, changes the topology
     first); after the step it multiplies the weights by their masks. Whenever a unit is pruned
     or grown, its entries in the optimizer's state (momentum, Adam moments) are reset to zero,
@@ -205,12 +206,16 @@ class SparsityController:
             if other is not None:
                 raise ValueError(
                     f"{name} (shape {tuple(param.shape)}) is already masked by {other!r}: two controllers on one "
-                    "parameter would combine their masks and both report the wrong sparsity; call remove() on that one first"
+                    "parameter would combine their masks and both report the wrong sparsity; "
+                    "call remove() on that one first"
                 )
         self._layouts = _layouts(model, self._params, self.structure)
         for name, param in zip(self.names, self._params):
             if self.structure != "element" and param.dim() < 2:
-                raise ValueError(f"structure={self.structure!r} needs parameters of 2+ dimensions; {name} has shape {tuple(param.shape)}")
+                raise ValueError(
+                    f"structure={self.structure!r} needs parameters of 2+ dimensions; "
+                    f"{name} has shape {tuple(param.shape)}"
+                )
         self.distribution = _check_distribution(distribution, self.names)
         self.step_count = 0
         self._prepared = False
@@ -228,10 +233,14 @@ class SparsityController:
             ]
         else:
             self._masks = [
-                top_count(torch.rand(_unit_shape(p, self.structure, layout), generator=generator, device=p.device), count)
+                top_count(
+                    torch.rand(_unit_shape(p, self.structure, layout), generator=generator, device=p.device), count
+                )
                 for p, layout, count in zip(self._params, self._layouts, self._active)
             ]
-        self._active_updates = None if self.regrow is None else [torch.zeros_like(m, dtype=torch.int32) for m in self._masks]
+        self._active_updates = (
+            None if self.regrow is None else [torch.zeros_like(m, dtype=torch.int32) for m in self._masks]
+        )
         if state_dict is None:
             self._masks = broadcast_from_first(self._masks)
             self._apply_topology(previous=None)
@@ -325,24 +334,25 @@ class SparsityController:
     def _update(self) -> None:
         previous = self._masks
         t = self.step_count
-        if self.regrow is None:  # gradual magnitude pruning: keep the largest of the active units
-            counts = self._counts(_fraction("sparsity schedule value", self._schedule(t)))
+        schedule, counters = self._schedule, self._active_updates  # counters exist exactly when regrow is set
+        if schedule is not None:  # gradual magnitude pruning (never with regrow): keep the largest of the active units
+            counts = self._counts(_fraction("sparsity schedule value", schedule(t)))
             self._active = [min(count, active) for count, active in zip(counts, self._active)]
             self._masks = [
                 top_count(torch.where(m, unit_norms(p, self.structure, layout), -math.inf), count)
                 for p, layout, m, count in zip(self._params, self._layouts, previous, self._active)
             ]
-        else:
+        elif counters is not None:
             fraction = self.drop_fraction
             if self.drop_schedule == "cosine" and self.stop_after is not None:
                 fraction = cosine_fraction(t, self.drop_fraction, self.stop_after)
             masks = []  # built aside: an error on the way leaves the masks as they were
             for p, layout, m, active, active_updates in zip(
-                self._params, self._layouts, previous, self._active, self._active_updates
+                self._params, self._layouts, previous, self._active, counters
             ):
                 growth = self._growth(p, layout, active_updates + m, t)
                 masks.append(drop_and_grow(m, unit_norms(p, self.structure, layout), growth, int(fraction * active)))
-            for active_updates, m in zip(self._active_updates, previous):
+            for active_updates, m in zip(counters, previous):
                 active_updates += m
             self._masks = masks
         self._masks = broadcast_from_first(self._masks)
@@ -352,7 +362,11 @@ class SparsityController:
         shape = _unit_shape(param, self.structure, layout)
         if self.regrow == "random":
             return torch.rand(shape, generator=self.generator, device=param.device)
-        gradient = torch.zeros(shape, device=param.device) if param.grad is None else unit_norms(param.grad, self.structure, layout)
+        gradient = (
+            torch.zeros(shape, device=param.device)
+            if param.grad is None
+            else unit_norms(param.grad, self.structure, layout)
+        )
         if self.regrow == "exploration" and self.exploration > 0:
             gradient = gradient + exploration_bonus(active_updates, step, self.exploration)
         return gradient
@@ -361,7 +375,8 @@ class SparsityController:
     def _apply_topology(self, previous: list[Tensor] | None) -> None:
         """Rebuild the multipliers, zero pruned weights and reset optimizer state of changed units."""
         self._multipliers = [
-            expand(m, p.shape, self.structure, layout).to(p.dtype) for p, layout, m in zip(self._params, self._layouts, self._masks)
+            expand(m, p.shape, self.structure, layout).to(p.dtype)
+            for p, layout, m in zip(self._params, self._layouts, self._masks)
         ]
         for index, (p, layout, m) in enumerate(zip(self._params, self._layouts, self._masks)):
             keep = expand(m if previous is None else m & previous[index], p.shape, self.structure, layout)
@@ -475,14 +490,20 @@ class SparsityController:
         count = len(self._params)
         for key in ("masks", "active"):
             if not isinstance(saved[key], (list, tuple)) or len(saved[key]) != count:
-                raise ValueError(f"state_dict[{key!r}] must hold one entry per masked parameter ({count}), got {describe(saved[key])}")
+                raise ValueError(
+                    f"state_dict[{key!r}] must hold one entry per masked parameter ({count}), "
+                    f"got {describe(saved[key])}"
+                )
         masks = []
         for index, (name, p, layout, mask, active) in enumerate(
             zip(self.names, self._params, self._layouts, saved["masks"], saved["active"])
         ):
             shape = _unit_shape(p, self.structure, layout)
             if not (isinstance(mask, Tensor) and tuple(mask.shape) == shape and mask.dtype == torch.bool):
-                raise ValueError(f"state_dict['masks'][{index}] ({name}) must be a boolean tensor of shape {shape}, got {describe(mask)}")
+                raise ValueError(
+                    f"state_dict['masks'][{index}] ({name}) must be a boolean tensor of shape {shape}, "
+                    f"got {describe(mask)}"
+                )
             where = f"state_dict['active'][{index}] ({name})"
             check_saved_count(where, active, below=mask.numel() + 1)
             kept = int(mask.sum())
@@ -494,19 +515,26 @@ class SparsityController:
         generator = saved["generator"]
         if generator is not None:
             if not (isinstance(generator, Tensor) and generator.dtype == torch.uint8 and generator.dim() == 1):
-                raise ValueError(f"state_dict['generator'] must be None or a generator state (a 1-D uint8 tensor), got {describe(generator)}")
+                raise ValueError(
+                    "state_dict['generator'] must be None or a generator state (a 1-D uint8 tensor), "
+                    f"got {describe(generator)}"
+                )
             if self.generator is not None:
                 try:  # on a fresh generator of the same device: this one is left alone
                     torch.Generator(self.generator.device).set_state(generator)
                 except RuntimeError as error:
-                    raise ValueError(f"state_dict['generator'] is not a state of this controller's generator: {error}") from error
+                    raise ValueError(
+                        f"state_dict['generator'] is not a state of this controller's generator: {error}"
+                    ) from error
         return masks, self._check_active_updates(saved["active_updates"], masks)
 
     def _check_active_updates(self, saved: object, masks: list[Tensor]) -> list[Tensor] | None:
         """The saved active-update counters as int32 copies (``None`` under pruning, which keeps none)."""
         if self.regrow is None:
             if saved is not None:
-                raise ValueError(f"state_dict['active_updates'] must be None under pruning (regrow=None), got {describe(saved)}")
+                raise ValueError(
+                    f"state_dict['active_updates'] must be None under pruning (regrow=None), got {describe(saved)}"
+                )
             return None
         if not isinstance(saved, (list, tuple)) or len(saved) != len(masks):
             raise ValueError(
@@ -546,7 +574,10 @@ class SparsityController:
 
     def __repr__(self) -> str:
         mode = f"regrow={self.regrow!r}" if self.regrow else "pruning"
-        return f"SparsityController({len(self._params)} parameters, {mode}, structure={self.structure!r}, step={self.step_count})"
+        return (
+            f"SparsityController({len(self._params)} parameters, {mode}, "
+            f"structure={self.structure!r}, step={self.step_count})"
+        )
 
 
 def _fraction(name: str, value: object, *, upper: float = 1.0, closed: bool = False) -> float:
@@ -583,11 +614,13 @@ def _masked_parameters(
     if params is not None:
         chosen = list(params)
     elif model is not None:
-        chosen = sparsifiable_parameters(model)
+        chosen = list(sparsifiable_parameters(model))
     else:
         chosen = [p for p in optimized if p.dim() >= 2]
     if not chosen:
-        raise ValueError("SparsityController found no parameters to mask (pass params= or a model with weight matrices)")
+        raise ValueError(
+            "SparsityController found no parameters to mask (pass params= or a model with weight matrices)"
+        )
     names_by_id = {} if model is None else {id(p): name for name, p in model.named_parameters()}
     optimized_ids = {id(p) for p in optimized}
     names = []

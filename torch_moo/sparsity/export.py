@@ -6,13 +6,12 @@ multiplies by all of them. :func:`to_sparse` copies a model and swaps every suff
 a sparse-dense product.
 
 Why CSR by default: with the weight ``W`` in compressed-sparse-row form, ``y^T = W x^T`` is one
-MKL sparse-dense product that reads each stored weight once. For a 1024x1024 weight at 90%
-sparsity and batch 256 on a 2-core CPU (torch 2.13, ``benchmarks/sparse_inference.py``) the
-dense layer takes 3.0 ms, CSR 2.0 ms and COO 4.4 ms; COO takes 80-90 ms if its dense operand
-``x^T`` is left a strided view instead of being copied to row-major as :class:`SparseLinear`
-does. CSR's advantage grows with sparsity (5x at 98%). It only pays off at high sparsity: CSR
-breaks even with dense near 85% sparsity at batch 256 and near 90% at batch 1 (2.4x slower at
-50%), so pick ``min_sparsity`` accordingly.
+MKL sparse-dense product that reads each stored weight once; on the CPU it beats both the dense
+layer and COO at 90% sparsity and above, and its advantage grows with sparsity. COO is much
+slower still if its dense operand ``x^T`` is left a strided view instead of being copied to
+row-major as :class:`SparseLinear` does. CSR only pays off at high sparsity, so pick
+``min_sparsity`` accordingly: the timings and break-even points are in ``benchmarks/README.md``
+("Sparse inference", from ``benchmarks/sparse_inference.py``).
 
 Inference only: the sparse weight and the bias are buffers, not parameters, so they get no
 gradient (the exported model has no parameters for them) and an optimizer never sees them.
@@ -24,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -53,13 +52,12 @@ class SparseLinear(nn.Module):
     ``addmm(b[:, None], W, x^T)^T``: the sparse weight on the left of a sparse-dense product,
     the bias added inside it. Of the forms measured on CPU (``torch.sparse.mm(W, x.T).T + b``,
     ``addmm(b, x, W.T)`` with ``W.T`` as CSC, ``F.linear(x, W, b)``, ``W^T`` stored as CSR) this
-    was the fastest: 1.74 ms against 1.87-10 ms for a 1024x1024 weight at 90% sparsity, batch
-    256 (``F.linear`` with a CSR weight also fails under ``torch.inference_mode``). For a 2-D
-    batch the output is therefore a transposed (column-major) view with the dense layer's
-    values (making it contiguous would cost 13-45% more); elementwise ops and a following
+    was the fastest (``F.linear`` with a CSR weight also fails under ``torch.inference_mode``).
+    For a 2-D batch the output is therefore a transposed (column-major) view with the dense
+    layer's values (making it contiguous would cost a copy); elementwise ops and a following
     :class:`SparseLinear` take it as it is (the next ``x^T`` is then contiguous), but call
     ``.contiguous()`` before ``.view``. A COO weight gets ``x^T`` copied to row-major first:
-    torch's COO product is 15-20x slower on a strided operand.
+    torch's COO product is many times slower on a strided operand.
 
     ``weight`` (sparse, ``(out_features, in_features)``) and ``bias`` (dense or ``None``) are
     buffers: ``.to(dtype/device)``, ``state_dict``, ``torch.save``/``torch.load`` (also with
@@ -137,7 +135,7 @@ class SparseLinear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        check_choice("layout", layout, LAYOUTS)  # type: ignore[arg-type]
+        check_choice("layout", layout, LAYOUTS)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         module = cls(_compress(linear.weight.detach(), layout), bias)
         return module.train(linear.training)
@@ -155,7 +153,7 @@ class SparseLinear(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         """``input @ weight.T + bias`` for ``input`` of shape ``(*, in_features)``."""
         buffers = self._buffers  # one dict, instead of nn.Module.__getattr__ per buffer (B=1 overhead)
-        weight, bias, shape = buffers["weight"], buffers["bias"], input.shape
+        weight, bias, shape = cast(Tensor, buffers["weight"]), buffers["bias"], input.shape
         if not shape or shape[-1] != self.in_features:
             raise ValueError(
                 f"input must have in_features={self.in_features} entries in its last dimension, "
@@ -163,7 +161,7 @@ class SparseLinear(nn.Module):
             )
         x_t = (input if len(shape) == 2 else input.reshape(-1, self.in_features)).T  # (in, N), no copy
         if weight.layout == torch.sparse_coo:
-            x_t = x_t.contiguous()  # torch's COO product is 15-20x slower on a column-major operand
+            x_t = x_t.contiguous()  # torch's COO product is many times slower on a column-major operand
         y_t = torch.mm(weight, x_t) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x_t)
         return y_t.T if len(shape) == 2 else y_t.T.reshape(*shape[:-1], self.out_features)
 
@@ -210,9 +208,9 @@ def to_sparse(model: nn.Module, *, layout: torch.layout = torch.sparse_csr, min_
         layout: ``torch.sparse_csr`` (default; the fastest on CPU, see the module docstring)
             or ``torch.sparse_coo``.
         min_sparsity: fraction in ``[0, 1]`` of exact zeros a weight needs to be replaced. On
-            CPU a CSR layer is only faster than the dense one above about 85% sparsity (90% at
-            batch 1), hence the default 0.9; lower values replace layers that run slower (2.4x at
-            50%).
+            CPU a CSR layer is only faster than the dense one at high sparsity (break-even
+            points in ``benchmarks/README.md``, "Sparse inference"), hence the default 0.9;
+            lower values replace layers that run slower.
 
     Returns:
         The exported copy (a :class:`SparseLinear` if ``model`` is itself a sparse enough
@@ -239,7 +237,7 @@ def to_sparse(model: nn.Module, *, layout: torch.layout = torch.sparse_csr, min_
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    check_choice("layout", layout, LAYOUTS)  # type: ignore[arg-type]
+    check_choice("layout", layout, LAYOUTS)
     min_sparsity = check_real("min_sparsity", min_sparsity, minimum=0.0)
     if min_sparsity > 1.0:
         raise ValueError(f"min_sparsity must be <= 1.0 (a fraction of the weights), got {min_sparsity}")

@@ -17,7 +17,16 @@ from torch import Tensor
 
 from torch_moo._layout import DENSE, Layout, expand_units, unit_axis, unit_count, units_first
 
-__all__ = ["STRUCTURES", "unit_count", "unit_norms", "expand", "top_count", "drop_and_grow", "exploration_bonus"]
+__all__ = [
+    "STRUCTURES",
+    "Layout",
+    "unit_count",
+    "unit_norms",
+    "expand",
+    "top_count",
+    "drop_and_grow",
+    "exploration_bonus",
+]
 
 STRUCTURES = ("element", "row", "column")
 
@@ -53,7 +62,7 @@ def top_count(scores: Tensor, count: int) -> Tensor:
     Deterministic, so every rank that sees the same scores picks the same units. A selection
     (``kthvalue``) finds the ``count``-th largest score and a cumulative sum breaks the ties at
     it, in linear time and without a host synchronisation; a full stable sort does the same
-    in :math:`O(n \\log n)` and was 3-5x slower on a 784x512 layer.
+    in :math:`O(n \\log n)` and was several times slower on a 784x512 layer.
 
     Example:
         >>> top_count(torch.tensor([0.5, 2.0, 0.5, 1.0]), 2)
