@@ -346,15 +346,14 @@ class SparsityController:
             fraction = self.drop_fraction
             if self.drop_schedule == "cosine" and self.stop_after is not None:
                 fraction = cosine_fraction(t, self.drop_fraction, self.stop_after)
-            masks = []  # built aside: an error on the way leaves the masks as they were
+            masks, counted = [], []  # built aside: an error on the way leaves masks and counters as they were
             for p, layout, m, active, active_updates in zip(
                 self._params, self._layouts, previous, self._active, counters
             ):
-                growth = self._growth(p, layout, active_updates + m, t)
+                counted.append(active_updates + m)
+                growth = self._growth(p, layout, counted[-1], t)
                 masks.append(drop_and_grow(m, unit_norms(p, self.structure, layout), growth, int(fraction * active)))
-            for active_updates, m in zip(counters, previous):
-                active_updates += m
-            self._masks = masks
+            self._masks, self._active_updates = masks, counted
         self._masks = broadcast_from_first(self._masks)
         self._apply_topology(previous)
 
