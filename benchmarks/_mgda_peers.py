@@ -1,22 +1,27 @@
-"""The MGDA-family peers (torchjd 0.18, LibMTL 1.1.5) as training-step functions for benchmarks/mgda_step.py.
+r"""The MGDA and UPGrad peers (torchjd 0.18, LibMTL 1.1.5) as training-step functions for benchmarks/mgda_step.py.
 
 Each entry of :func:`peer_steps` owns a ``copy.deepcopy`` of the model (benchmarks/_models.py's
 ``MultiHead``) and an Adam (lr 1e-3); one call is zero_grad + forward + k cross-entropy losses +
-the peer's backward and aggregation + ``opt.step()``:
+the peer's backward and aggregation + ``opt.step()``. Per weighting of ``PEERS`` (``mgda``,
+``upgrad``; ``W`` is MGDA or UPGrad):
 
-* ``torchjd MGDA (mtl_backward)`` / ``torchjd UPGrad (mtl_backward)``:
-  ``torchjd.autojac.mtl_backward(losses, features=z)`` with ``z`` the trunk's output (k
-  ``autograd.grad`` calls through the heads, each head its own gradient, then one vmapped backward
-  of the k rows of dL/dz through the trunk into ``.jac``), then
+* ``torchjd W (autogram)``: ``torchjd.autogram.Engine(trunk, batch_dim=None)`` (the losses are
+  batch means: they have no batch dimension), ``gramian = engine.compute_gramian(losses)`` (one
+  vmapped backward of the k losses, the trunk's Gram matrix accumulated module by module, never
+  the whole Jacobian at once), ``weights = MGDAWeighting()(gramian)`` / ``UPGradWeighting()(gramian)``, then
+  ``losses.backward(weights)``: the trunk gets :math:`J^\top w`, head ``i`` gets :math:`w_i`
+  times its gradient (torch_moo's ``heads="weighted"``; its default ``"own"`` gives head ``i``
+  its gradient);
+* ``torchjd W (mtl_backward)``: ``torchjd.autojac.mtl_backward(losses, features=z)`` with ``z``
+  the trunk's output (k ``autograd.grad`` calls through the heads, each head its own gradient,
+  then one vmapped backward of the k rows of dL/dz through the trunk into ``.jac``), then
   ``jac_to_grad(trunk parameters, MGDA())`` / ``UPGrad()`` (UPGrad's default projector needs
   ``torchjd[quadprog-projector]``);
-* ``torchjd MGDA (backward)``: ``torchjd.autojac.backward(losses)``, one vmapped backward of the
-  k losses into the Jacobian w.r.t. every parameter (heads included), then
-  ``jac_to_grad(all parameters, MGDA())``;
-* ``LibMTL MGDA``: ``LibMTL.weighting.MGDA.backward(losses, mgda_gn="none")``, LibMTL's default
-  (``rep_grad=False``, ``--mgda_gn none``: no gradient normalization): k ``loss_i.backward()``
-  (the heads accumulate their own gradient), LibMTL's Frank-Wolfe min-norm solve on the k
-  flattened trunk gradients, their weighted sum written into the trunk's ``.grad``;
+* ``LibMTL MGDA`` (LibMTL has no UPGrad): ``LibMTL.weighting.MGDA.backward(losses,
+  mgda_gn="none")``, LibMTL's default (``rep_grad=False``, ``--mgda_gn none``: no gradient
+  normalization): k ``loss_i.backward()`` (the heads accumulate their own gradient), LibMTL's
+  Frank-Wolfe min-norm solve on the k flattened trunk gradients, their weighted sum written into
+  the trunk's ``.grad``;
 * ``LibMTL MGDA (rep_grad)``: the same with ``rep_grad=True``, as LibMTL's ``AbsArchitecture``
   sets it up for a single-tensor encoder: each head runs on its own detached copy of ``z``, k
   ``loss_i.backward()`` through the heads only, the solve on the k batch-summed dL/dz (k x width),
@@ -47,7 +52,7 @@ import functools
 import sys
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -57,9 +62,10 @@ from torch import Tensor
 if TYPE_CHECKING:
     from _models import MultiHead
 
-__all__ = ["WEIGHT_PEERS", "peer_steps", "peer_weights"]
+__all__ = ["PEERS", "WEIGHT_PEERS", "peer_steps", "peer_weights"]
 
 Step = Callable[[], None]
+Make = Callable[["MultiHead", Tensor, Tensor], Step]
 WEIGHT_PEERS = ("torchjd MGDA", "LibMTL MGDA")
 
 
@@ -72,7 +78,27 @@ def _losses(outputs: list[Tensor], y: Tensor) -> list[Tensor]:
     return [F.cross_entropy(out, y[:, i]) for i, out in enumerate(outputs)]
 
 
-def _torchjd_mtl(aggregator_name: str) -> Callable[[MultiHead, Tensor, Tensor], Step]:
+def _torchjd_autogram(weighting_name: str) -> Make:
+    def make(net: MultiHead, x: Tensor, y: Tensor) -> Step:
+        from torchjd import aggregation
+        from torchjd.autogram import Engine
+
+        weighting = getattr(aggregation, weighting_name)()
+        model, opt = _copy(net)
+        engine = Engine(model.trunk, batch_dim=None)
+
+        def step() -> None:
+            opt.zero_grad()
+            losses = torch.stack(_losses(model(x), y))
+            losses.backward(weighting(engine.compute_gramian(losses)))
+            opt.step()
+
+        return step
+
+    return make
+
+
+def _torchjd_mtl(aggregator_name: str) -> Make:
     def make(net: MultiHead, x: Tensor, y: Tensor) -> Step:
         from torchjd import aggregation
         from torchjd.autojac import jac_to_grad, mtl_backward
@@ -90,22 +116,6 @@ def _torchjd_mtl(aggregator_name: str) -> Callable[[MultiHead, Tensor, Tensor], 
         return step
 
     return make
-
-
-def _torchjd_full(net: MultiHead, x: Tensor, y: Tensor) -> Step:
-    from torchjd.aggregation import MGDA
-    from torchjd.autojac import backward, jac_to_grad
-
-    aggregator = MGDA()
-    model, opt = _copy(net)
-
-    def step() -> None:
-        opt.zero_grad()
-        backward(_losses(model(x), y))
-        jac_to_grad(model.parameters(), aggregator)
-        opt.step()
-
-    return step
 
 
 _TORCHVISION = ("torchvision", "torchvision.models", "torchvision.models.utils")
@@ -134,7 +144,7 @@ def _libmtl_mgda() -> type:
     return MGDA
 
 
-def _libmtl(rep_grad: bool) -> Callable[[MultiHead, Tensor, Tensor], Step]:
+def _libmtl(rep_grad: bool) -> Make:
     def make(net: MultiHead, x: Tensor, y: Tensor) -> Step:
         model, opt = _copy(net)
         tasks = [str(i) for i in range(len(model.heads))]
@@ -162,25 +172,37 @@ def _libmtl(rep_grad: bool) -> Callable[[MultiHead, Tensor, Tensor], Step]:
     return make
 
 
-_PEERS: dict[str, Callable[[MultiHead, Tensor, Tensor], Step]] = {
-    "torchjd MGDA": _torchjd_mtl("MGDA"),
-    "torchjd UPGrad": _torchjd_mtl("UPGrad"),
-    "torchjd MGDA (backward)": _torchjd_full,
-    "LibMTL MGDA": _libmtl(rep_grad=False),
-    "LibMTL MGDA (rep_grad)": _libmtl(rep_grad=True),
+PEERS: dict[str, dict[str, Make]] = {
+    "mgda": {
+        "torchjd MGDA (autogram)": _torchjd_autogram("MGDAWeighting"),
+        "torchjd MGDA (mtl_backward)": _torchjd_mtl("MGDA"),
+        "LibMTL MGDA": _libmtl(rep_grad=False),
+        "LibMTL MGDA (rep_grad)": _libmtl(rep_grad=True),
+    },
+    "upgrad": {
+        "torchjd UPGrad (autogram)": _torchjd_autogram("UPGradWeighting"),
+        "torchjd UPGrad (mtl_backward)": _torchjd_mtl("UPGrad"),
+    },
 }
+"""Per weighting (``mgda``, ``upgrad``), each peer's name and its step maker."""
 
 
-def peer_steps(net: MultiHead, x: Tensor, y: Tensor, k: int) -> dict[str, Step]:
-    """One step function per importable peer, each on its own copy of ``net`` (``k`` heads) and Adam."""
+def peer_steps(
+    net: MultiHead, x: Tensor, y: Tensor, k: int, weightings: Sequence[str], names: Container[str] | None = None
+) -> dict[str, Step]:
+    """One step function per importable peer of ``weightings`` (keys of ``PEERS``; only those in
+    ``names`` if given), each on its own copy of ``net`` (``k`` heads) and Adam."""
     if len(net.heads) != k or y.shape[1] != k:
         raise ValueError(f"k={k} but the model has {len(net.heads)} heads and y {y.shape[1]} columns")
     steps = {}
-    for name, make in _PEERS.items():
-        try:
-            steps[name] = make(net, x, y)
-        except ImportError as error:
-            warnings.warn(f"{name} left out: {error}", stacklevel=2)
+    for weighting in weightings:
+        for name, make in PEERS[weighting].items():
+            if names is not None and name not in names:
+                continue
+            try:
+                steps[name] = make(net, x, y)
+            except ImportError as error:
+                warnings.warn(f"{name} left out: {error}", stacklevel=2)
     return steps
 
 

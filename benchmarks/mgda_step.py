@@ -1,20 +1,24 @@
-"""Step time and peak memory of ``torch_moo.MultiGradientDescent`` next to plain Adam and the MGDA peers.
+"""Step time and peak memory of ``torch_moo.JacobianDescent`` with MGDA and UPGrad next to plain Adam and the peers.
 
 One full training step (zero_grad + forward + k cross-entropy losses + the method's backward +
 step, base Adam lr 1e-3) on benchmarks/_models.py's MLP (784-512-512, k heads) and small CNN,
-batch 256, for k in ``--ks``:
+batch 256, for k in ``--ks`` and each rule ``W`` of ``--weightings`` (MGDA, UPGrad):
 
 * ``Adam (sum)``: ``sum(losses).backward()``, one backward pass;
-* ``torch_moo MGDA``: ``opt.backward(losses)``, the full mode: one ``autograd.grad`` pass per
-  objective, the exact min-norm solve on the trunk's Gram matrix, each head its own gradient;
-* ``torch_moo MGDA-UB``: ``opt.backward(losses, features=z)``, the representation mode;
-* the peers of benchmarks/_mgda_peers.py (torchjd's MGDA and UPGrad, LibMTL's MGDA), each when
-  installed (``pip install -e .[bench]``).
+* ``torch_moo W (full)``: ``JacobianDescent(..., weighting=W()).backward(losses)``, the full
+  mode: one ``autograd.grad`` pass per objective, the rule on the trunk's Gram matrix, each head
+  its own gradient;
+* ``torch_moo W (features)``: ``opt.backward(losses, features=z)``, the representation mode
+  (MGDA-UB's shortcut: the Gram matrix of the gradients at the trunk's output ``z``);
+* the peers of benchmarks/_mgda_peers.py (torchjd's autogram engine and ``mtl_backward`` with
+  MGDA and UPGrad, LibMTL's MGDA in both its modes), each when installed (``pip install -e .[bench]``).
 
 **time**: after ``--warmup`` steps each, ``--rounds`` steps of every method in alternating order
-(benchmarks/_timing.py); medians, ratio to Adam, bootstrap 95% interval, ratio of minima.
+(benchmarks/_timing.py); medians, ratio to Adam, bootstrap 95% interval, ratio of minima; then
+per (model, k, rule) torch_moo's faster mode against the fastest peer: the ratio of medians
+(peer / torch_moo, above 1: torch_moo is faster) with its bootstrap interval.
 **memory**: each (method, model, k) in a fresh process: the peak resident set size
-(``ru_maxrss``) after building the model and batch and running one forward pass, and after
+(``VmHWM``, Linux) after building the model and batch and running one forward pass, and after
 three steps; reported as the growth, and that growth minus Adam's.
 **accuracy** (of the min-norm solve alone): ``--problems`` random problems per k and kind, k
 gradients of size 512 in float64: Gaussian rows; rank-deficient (rows in a 3-dimensional
@@ -27,10 +31,13 @@ the gradients as they do in training (LibMTL casts to float32).
 
 Usage::
 
-    python benchmarks/mgda_step.py                      # time and memory, about 15 min on 2 cores
-    python benchmarks/mgda_step.py --part accuracy      # the solvers alone, about a minute
-    python benchmarks/mgda_step.py --part time --models mlp --ks 8
-    python benchmarks/mgda_step.py --quick              # smoke check
+    python benchmarks/mgda_step.py                      # time, memory and accuracy
+    python benchmarks/mgda_step.py --part accuracy      # the MGDA solvers alone, about a minute
+    python benchmarks/mgda_step.py --part time --models mlp --ks 8 --weightings upgrad
+    python benchmarks/mgda_step.py --quick              # smoke check: first model and k only
+
+On a machine shared with other jobs pass ``--threads 1``: two threads on two busy cores made
+every step 3-30 times slower (OpenMP threads waiting for each other) and the ratios meaningless.
 
 Not a test: pytest does not collect it (no ``test_`` names, outside ``tests/``).
 """
@@ -39,16 +46,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib.util
-import resource
+import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 
 import torch
 import torch.nn.functional as F
 from _models import build
-from _timing import interleave, ratio_row
+from _timing import bootstrap_ratio, interleave, ratio_row
 
 import torch_moo as tm
 
@@ -57,46 +65,87 @@ try:
 except ImportError:  # the peers' adapters are missing: torch_moo and Adam only
     WEIGHT_PEERS = ()
 
-    def peer_steps(net, x, y, k):  # type: ignore[misc]
+    def peer_steps(net, x, y, k, weightings, names=None):  # type: ignore[misc]
         return {}
 
 
-def own_steps(net, x, y, k: int) -> dict[str, Callable[[], None]]:
-    """Adam on the summed loss and torch_moo's two modes, each on its own copy of ``net``."""
+Step = Callable[[], None]
+RULES: dict[str, tuple[str, type[tm.weightings.GramWeighting]]] = {
+    "mgda": ("MGDA", tm.weightings.MGDA),
+    "upgrad": ("UPGrad", tm.weightings.UPGrad),
+}
+
+
+def own_steps(net, x, y, k: int, weightings: Sequence[str], names: Container[str] | None = None) -> dict[str, Step]:
+    """Adam on the summed loss and torch_moo's two modes per rule of ``weightings`` (keys of ``RULES``;
+    only those in ``names`` if given), each on its own copy of ``net``."""
     labels = [y[:, i] for i in range(k)]
 
     def losses_of(outputs):
         return torch.stack([F.cross_entropy(out, label) for out, label in zip(outputs, labels)])
 
-    adam_net = copy.deepcopy(net)
-    adam = torch.optim.Adam(adam_net.parameters(), lr=1e-3)
+    def adam() -> Step:
+        model = copy.deepcopy(net)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-    def adam_step() -> None:
-        adam.zero_grad()
-        losses_of(adam_net(x)).sum().backward()
-        adam.step()
+        def step() -> None:
+            opt.zero_grad()
+            losses_of(model(x)).sum().backward()
+            opt.step()
 
-    full_net, rep_net = copy.deepcopy(net), copy.deepcopy(net)
-    full = tm.MultiGradientDescent(full_net.parameters(), num_objectives=k, lr=1e-3)
-    rep = tm.MultiGradientDescent(rep_net.parameters(), num_objectives=k, lr=1e-3)
+        return step
 
-    def full_step() -> None:
-        full.zero_grad()
-        full.backward(losses_of(full_net(x)))
-        full.step()
+    def jacobian_descent(rule: type[tm.weightings.GramWeighting], features: bool) -> Step:
+        model = copy.deepcopy(net)
+        opt = tm.JacobianDescent(model.parameters(), num_objectives=k, weighting=rule(), lr=1e-3)
 
-    def rep_step() -> None:
-        rep.zero_grad()
-        z = rep_net.trunk(x)
-        rep.backward(losses_of([head(z) for head in rep_net.heads]), features=z)
-        rep.step()
+        def step() -> None:
+            opt.zero_grad()
+            if features:
+                z = model.trunk(x)
+                opt.backward(losses_of([head(z) for head in model.heads]), features=z)
+            else:
+                opt.backward(losses_of(model(x)))
+            opt.step()
 
-    return {"Adam (sum)": adam_step, "torch_moo MGDA": full_step, "torch_moo MGDA-UB": rep_step}
+        return step
+
+    makers: dict[str, Callable[[], Step]] = {"Adam (sum)": adam}
+    for weighting in weightings:
+        label, rule = RULES[weighting]
+        makers[f"torch_moo {label} (full)"] = functools.partial(jacobian_descent, rule, False)
+        makers[f"torch_moo {label} (features)"] = functools.partial(jacobian_descent, rule, True)
+    return {name: make() for name, make in makers.items() if names is None or name in names}
 
 
-def all_steps(model: str, k: int, seed: int) -> dict[str, Callable[[], None]]:
+def all_steps(
+    model: str, k: int, seed: int, weightings: Sequence[str], names: Container[str] | None = None
+) -> dict[str, Step]:
     net, x, y = build(model, k, seed)
-    return {**own_steps(net, x, y, k), **peer_steps(net, x, y, k)}
+    return {**own_steps(net, x, y, k, weightings, names), **peer_steps(net, x, y, k, weightings, names)}
+
+
+def fastest(times: dict[str, list[float]], label: str, peers: bool) -> str | None:
+    """The lowest-median method of rule ``label`` (the name's second word): torch_moo's, or the peers'."""
+    names = [name for name in times if name.split(" ")[1] == label and name.startswith("torch_moo") != peers]
+    return min(names, key=lambda name: statistics.median(times[name]), default=None)
+
+
+def verdict(times: dict[str, list[float]], label: str, draws: int, seed: int) -> str:
+    """Markdown cells: torch_moo's faster mode for rule ``label``, the fastest peer, their ratio and interval."""
+    own, peer = fastest(times, label, peers=False), fastest(times, label, peers=True)
+    assert own is not None, "own_steps builds both modes of every rule"
+    if peer is None:
+        return f"{own} | {1e3 * statistics.median(times[own]):.2f} | no peer installed | - | - | - | - |"
+    ratio = statistics.median(times[peer]) / statistics.median(times[own])
+    ci, faster = "-", "yes" if ratio > 1 else "no"
+    if draws:  # a verdict only where the interval excludes 1
+        lo, hi = bootstrap_ratio(times[own], times[peer], draws, seed)
+        ci, faster = f"{lo:.3f}-{hi:.3f}", "yes" if lo > 1 else "no" if hi < 1 else "tie"
+    return (
+        f"{own} | {1e3 * statistics.median(times[own]):.2f} | {peer} | {1e3 * statistics.median(times[peer]):.2f} | "
+        f"{ratio:.3f} | {ci} | {faster} |"
+    )
 
 
 def part_time(args) -> None:
@@ -104,18 +153,34 @@ def part_time(args) -> None:
     print()
     print("| model | k | method | Adam ms | method ms | ratio | 95% CI | min ratio |")
     print("|---|---:|---|---:|---:|---:|---|---:|")
+    verdicts = []
     for model in args.models:
         for k in args.ks:
-            steps = all_steps(model, k, args.seed)
+            steps = all_steps(model, k, args.seed, args.weightings)
             times = interleave(steps, args.warmup, args.rounds)
             for name in steps:
                 if name != "Adam (sum)":
                     row = ratio_row(times["Adam (sum)"], times[name], args.bootstrap, args.seed)
                     print(f"| {model} | {k} | {name} | {row} |", flush=True)
+            for weighting in args.weightings:
+                label = RULES[weighting][0]
+                verdicts.append(f"| {model} | {k} | {label} | {verdict(times, label, args.bootstrap, args.seed)}")
+    print()
+    print("torch_moo's faster mode against the fastest peer (ratio: peer median / torch_moo median)")
+    print()
+    print("| model | k | rule | torch_moo | ms | fastest peer | ms | ratio | 95% CI | torch_moo faster |")
+    print("|---|---:|---|---|---:|---|---:|---:|---|---|")
+    print("\n".join(verdicts), flush=True)
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    """This process's peak resident set size (MB): ``VmHWM``, the high-water mark of its own address space.
+
+    Not ``ru_maxrss``: Linux carries that across ``execve``, so a child spawned by a parent that
+    holds every method's model and the peers' imports would start at the parent's size and hide
+    any growth below it."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # kB
 
 
 def memory_child(method: str, model: str, k: int, seed: int) -> None:
@@ -123,7 +188,7 @@ def memory_child(method: str, model: str, k: int, seed: int) -> None:
     net, x, y = build(model, k, seed)
     with torch.no_grad():
         net(x)
-    steps = all_steps(model, k, seed)
+    steps = all_steps(model, k, seed, tuple(RULES), names={method})
     if method not in steps:
         print("nan")
         return
@@ -138,12 +203,13 @@ def part_memory(args) -> None:
     print()
     print("| model | k | method | growth MB | minus Adam's MB |")
     print("|---|---:|---|---:|---:|")
-    for model in args.models[:1] if args.quick else args.models:  # quick: one process per method, not per setting
-        for k in args.ks[:1] if args.quick else args.ks:
-            names = list(all_steps(model, k, args.seed))
+    for model in args.models:
+        for k in args.ks:
+            names = list(all_steps(model, k, args.seed, args.weightings))
             growth = {}
             for name in names:
-                command = [sys.executable, __file__, "--memory-child", name, model, str(k), str(args.seed)]
+                command = [sys.executable, __file__, "--threads", str(args.threads), "--memory-child", name, model]
+                command += [str(k), str(args.seed)]
                 growth[name] = float(
                     subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1]
                 )
@@ -189,7 +255,6 @@ def solvers() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
 
 
 def part_accuracy(args) -> None:
-    import statistics
     import time
 
     if importlib.util.find_spec("quadprog") is None:
@@ -233,6 +298,7 @@ def main() -> None:
     parser.add_argument("--part", default="all", choices=["time", "memory", "accuracy", "all"])
     parser.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
     parser.add_argument("--ks", default="2,4,8,16", help="comma-separated numbers of objectives/heads")
+    parser.add_argument("--weightings", default="mgda,upgrad", help="comma-separated rules: mgda, upgrad")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method")
     parser.add_argument("--rounds", type=int, default=30, help="timed steps per method")
@@ -249,8 +315,13 @@ def main() -> None:
         return
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    args.weightings = [w.strip() for w in args.weightings.split(",") if w.strip()]
+    unknown = sorted(set(args.weightings) - set(RULES))
+    if unknown:
+        parser.error(f"--weightings: unknown {', '.join(unknown)} (choose from {', '.join(RULES)})")
     if args.quick:
-        args.warmup, args.rounds, args.bootstrap, args.ks, args.problems = 1, 3, 100, args.ks[:2], 5
+        args.models, args.ks = args.models[:1], args.ks[:1]
+        args.warmup, args.rounds, args.bootstrap, args.problems = 1, 3, 100, 5
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     print()
     if args.part in ("time", "all"):

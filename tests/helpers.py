@@ -62,7 +62,7 @@ def flat_parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-# The running sums between outer updates are float64 (torch_moo/_running.py); the rest is float32.
+# The running sums between outer updates are float64 (torch_moo/weightings/_steps.py); the rest is float32.
 FLOAT64_STATE = {"estimate_sum", "estimate_count", "loss_sum", "loss_count"}
 
 

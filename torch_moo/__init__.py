@@ -1,8 +1,9 @@
 """torch_moo: multi-objective, multi-task and sparse training as a drop-in for :mod:`torch.optim`."""
 
-from torch_moo import datasets, exploration, functional, objectives, pareto, problems, sparsity
-from torch_moo.base import LossSpaceOptimizer, MultiObjectiveOptimizer
+from torch_moo import datasets, engine, exploration, functional, objectives, pareto, problems, sparsity, weightings
+from torch_moo.base import MultiObjectiveOptimizer, WeightedLossDescent
 from torch_moo.chebyshev import ChebyshevALM
+from torch_moo.descent import JacobianDescent
 from torch_moo.fixed import FixedWeighting
 from torch_moo.mgda import MultiGradientDescent
 from torch_moo.minmax import MinMaxWeighting
@@ -12,18 +13,21 @@ from torch_moo.tangent import ParetoTangentExplorer
 __all__ = [
     "ChebyshevALM",
     "FixedWeighting",
-    "LossSpaceOptimizer",
+    "JacobianDescent",
     "MinMaxWeighting",
     "MultiGradientDescent",
     "MultiObjectiveOptimizer",
     "ParetoTangentExplorer",
     "SparsityController",
+    "WeightedLossDescent",
     "datasets",
+    "engine",
     "exploration",
     "functional",
     "objectives",
     "pareto",
     "problems",
     "sparsity",
+    "weightings",
 ]
 __version__ = "0.1.0"

@@ -66,6 +66,17 @@ def check_vector(name: str, value: object, length: int) -> Tensor:
     return vector
 
 
+def check_gram(gram: object) -> Tensor:
+    """A floating-point square ``k x k`` tensor with ``k >= 1`` (a Gram matrix)."""
+    if not isinstance(gram, Tensor):
+        raise TypeError(f"gram must be a tensor, got {type(gram).__name__}")
+    if not gram.is_floating_point():
+        raise TypeError(f"gram must be floating point, got dtype {gram.dtype}")
+    if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 1:
+        raise ValueError(f"gram must be a square k x k matrix with k >= 1, got shape {tuple(gram.shape)}")
+    return gram
+
+
 def all_finite(values: Tensor) -> Tensor:
     """Whether every entry is finite, as a boolean scalar tensor: ``x - x`` is 0 exactly for finite ``x``
     (NaN for NaN and infinities). Two small ops, where :func:`torch.isfinite` takes four."""

@@ -1,9 +1,17 @@
-"""The protocol every torch_moo optimizer follows: ``backward(losses)`` then ``step()``."""
+"""The protocol every torch_moo optimizer follows: ``backward(losses)`` then ``step()``.
+
+:class:`MultiObjectiveOptimizer` is the one optimizer shell: the protocol, the policy for
+non-finite losses, :mod:`torch.distributed`, :class:`torch.amp.GradScaler`, the losses pending
+between ``backward`` and ``step``, and checkpoints. What differs between methods is a weighting
+rule (:mod:`torch_moo.weightings`) and how the objectives' gradients are combined: by weighting
+the losses (:class:`WeightedLossDescent`) or their gradients (:class:`~torch_moo.JacobianDescent`).
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,11 +35,36 @@ from torch_moo._validation import (
     nonfinite_error,
 )
 from torch_moo.distributed import mean_across_ranks, world_size
+from torch_moo.weightings import LossWeighting, Weighting
 
-__all__ = ["MultiObjectiveOptimizer", "LossSpaceOptimizer", "NONFINITE"]
+__all__ = ["FORMAT_VERSION", "NONFINITE", "MultiObjectiveOptimizer", "WeightedLossDescent"]
 
 Losses = Tensor | Sequence[Tensor | float]
 STATE_KEY = "torch_moo"
+FORMAT_VERSION = 2
+"""The version of the ``state_dict()['torch_moo']`` format: 2 since the weighting rules became modules;
+format 1, before them, had no ``'version'`` entry."""
+
+
+@dataclass
+class _Pending:
+    """What :meth:`MultiObjectiveOptimizer.backward` recorded for the next ``step()``.
+
+    One object changed in place, never rebound: Lightning's ``LightningOptimizer`` wraps an
+    optimizer in an instance of a subclass of its class that reads every attribute from the
+    wrapped one, so a method called through the wrapper that *assigned* an attribute would write
+    it onto the wrapper, where the wrapped optimizer's step never sees it.
+    """
+
+    total: Tensor | None = None  # sum of the recorded (finite) loss values
+    count: int = 0  # backward calls since the last step, skipped ones included
+    skip: bool = False  # a backward since the last step skipped non-finite losses
+    last_skipped: bool = False  # the last step() was a no-op because of that
+    moments: dict[Tensor, tuple[Tensor, Tensor]] | None = None  # per-objective moments awaiting step()
+    moments_finite: Tensor | None = None  # whether they enter the state (a boolean tensor)
+
+    def reset(self) -> None:
+        self.total, self.count, self.skip, self.moments, self.moments_finite = None, 0, False, None, None
 
 
 class MultiObjectiveOptimizer(Optimizer):
@@ -46,14 +79,16 @@ class MultiObjectiveOptimizer(Optimizer):
         opt.backward(losses)  # per-objective losses -> combined gradient in .grad
         opt.step()  # base update, then the method's own state
 
-    Subclasses implement :meth:`_combine` (how ``.grad`` is filled), :meth:`_advance` (the
-    method's state update after the base step) and the hooks that save that state.
+    A method is a weighting rule (:attr:`weighting`, a :class:`~torch_moo.weightings.Weighting`
+    module whose buffers hold the method's state) and a way to fill ``.grad``: subclasses
+    implement :meth:`_combine` and :meth:`_advance` (the rule's update after the base step).
 
     Args:
         params: parameters or parameter groups, as for any optimizer; or an optimizer already
             built (``MultiGradientDescent(torch.optim.Adam(model.parameters(), lr=1e-3),
             num_objectives=2)``), which becomes the base.
         num_objectives: length of the loss vector.
+        weighting: the rule that gives the objective weights; moved to the parameters' device.
         nonfinite: what :meth:`backward` does when a loss is NaN or infinite (on any rank under
             :mod:`torch.distributed`: the check is made on the all-reduced losses, so every rank
             decides alike):
@@ -82,11 +117,18 @@ class MultiObjectiveOptimizer(Optimizer):
         params: Any,
         *,
         num_objectives: int,
+        weighting: Weighting,
         nonfinite: Nonfinite = "raise",
         base: type[Optimizer] | Optimizer | None = None,
         **base_kwargs: Any,
     ) -> None:
         self.num_objectives = check_count("num_objectives", num_objectives)
+        kind = self._weighting_kind
+        if not isinstance(weighting, kind):
+            raise TypeError(f"weighting must be a {kind.__name__} (torch_moo.weightings), got {describe(weighting)}")
+        sized = getattr(weighting, "num_objectives", None)
+        if sized is not None and sized != num_objectives:
+            raise ValueError(f"weighting was built for {sized} objectives, num_objectives is {num_objectives}")
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE)
         # True under "raise" and "skip": the losses that reach the method are finite.
         self._checks_finite = self.nonfinite != "propagate"
@@ -97,13 +139,13 @@ class MultiObjectiveOptimizer(Optimizer):
         self._share_base()
         first = self.param_groups[0]["params"][0]
         self._device = first.device
-        self._pending_sum: Tensor | None = None  # sum of the recorded (finite) loss values
-        self._pending_count = 0  # backward calls since the last step, skipped ones included
-        self._pending_skip = False  # a backward since the last step skipped non-finite losses
-        self._last_skipped = False  # the last step() was a no-op because of that
+        self.weighting = weighting.to(self._device)
+        self._pending = _Pending()
 
     _default_base: type[Optimizer] = torch.optim.Adam
     """The base optimizer class when ``base`` is not given."""
+    _weighting_kind: type[Weighting] = Weighting
+    """The kind of rule the method takes."""
 
     def _share_base(self) -> None:
         self.param_groups = self.base.param_groups
@@ -146,11 +188,12 @@ class MultiObjectiveOptimizer(Optimizer):
         if values is None:
             return self._skip_backward(losses, scaler)
         weights = self._combine(losses, values, features=features, scaler=scaler, retain_graph=retain_graph)
-        if self._pending_count == 0:
-            self._last_skipped = False
-        self._pending_sum = values if self._pending_sum is None else self._pending_sum + values
-        self._pending_count += 1
-        return weights.to(losses.device)
+        pending = self._pending
+        if pending.count == 0:
+            pending.last_skipped = False
+        pending.total = values if pending.total is None else pending.total + values
+        pending.count += 1
+        return weights.to(losses.device, torch.float32)
 
     def _loss_values(self, losses: Losses) -> tuple[Tensor, Tensor | None]:
         """The checked loss vector and its float32 values averaged over the ranks; ``None`` values
@@ -183,8 +226,8 @@ class MultiObjectiveOptimizer(Optimizer):
                     for p in group["params"]:
                         if p.requires_grad and p.grad is None:
                             p.grad = torch.zeros_like(p)
-        self._pending_count += 1
-        self._pending_skip = True
+        self._pending.count += 1
+        self._pending.skip = True
         return torch.zeros(self.num_objectives, device=losses.device)
 
     @property
@@ -192,7 +235,8 @@ class MultiObjectiveOptimizer(Optimizer):
         """Whether non-finite losses skip the pending step (``nonfinite="skip"``): ``True`` from a
         :meth:`backward` that skipped them to the next :meth:`zero_grad` or the next ``backward``
         after :meth:`step`; between a step and the next backward, whether that step was skipped."""
-        return self._pending_skip if self._pending_count else self._last_skipped
+        pending = self._pending
+        return pending.skip if pending.count else pending.last_skipped
 
     def step(self, closure: Callable[[], Losses] | None = None) -> Losses | None:  # type: ignore[override]
         """The base optimizer's step, then the method's state update.
@@ -220,36 +264,33 @@ class MultiObjectiveOptimizer(Optimizer):
         Separate from :meth:`step`, which :class:`torch.optim.Optimizer` wraps with its hooks,
         so that a subclass's own ``step`` can take several such steps with hooks run once.
         """
-        if self._pending_count == 0:
+        pending = self._pending
+        if pending.count == 0:
             raise RuntimeError(
                 f"{type(self).__name__}.step() found no backward() since the last step() or zero_grad(): "
                 "call opt.backward(losses) with the per-objective losses first, "
                 "or pass step() a closure that returns them"
             )
-        skip, total = self._pending_skip, self._pending_sum
-        if skip or total is None:  # nonfinite="skip": no base step (nor its hooks), no method state update
-            self._discard_pending()  # (total is None only when every backward skipped)
-        else:
-            self.base.step()
+        skip, total = pending.skip, pending.total
+        if not (skip or total is None):  # nonfinite="skip": no base step (nor its hooks), no method state update
+            mean = total if pending.count == 1 else total / pending.count  # (total is None only when all skipped)
             # Loss values are detached and the method's state needs no grad: no graph is recorded.
-            self._advance(total if self._pending_count == 1 else total / self._pending_count)
-        self._reset_pending()
-        self._last_skipped = skip
-
-    def _reset_pending(self) -> None:
-        self._pending_sum, self._pending_count, self._pending_skip = None, 0, False
+            self._commit(mean)
+            self.base.step()
+            self._advance(mean)
+        pending.reset()
+        pending.last_skipped = skip
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients (through the base optimizer) and the losses recorded by :meth:`backward`."""
         self.base.zero_grad(set_to_none)
-        self._discard_pending()
-        self._reset_pending()
+        self._pending.reset()
 
     # -------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict plus a ``"torch_moo"`` entry with the method's configuration and state."""
         state = super().state_dict()
-        state[STATE_KEY] = {"config": self._config(), "state": self._method_state()}
+        state[STATE_KEY] = {"version": FORMAT_VERSION, "config": self._config(), "state": self._method_state()}
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -270,8 +311,8 @@ class MultiObjectiveOptimizer(Optimizer):
         method_state = self._check_state_dict(state_dict)
         self._load_base_state({key: value for key, value in state_dict.items() if key != STATE_KEY})
         self._load_method_state(method_state)
-        self._reset_pending()
-        self._last_skipped = False
+        self._pending.reset()
+        self._pending.last_skipped = False
 
     def _load_base_state(self, state_dict: dict[str, Any]) -> None:
         """Load the base optimizer's part; restore the base's state and groups if that raises.
@@ -310,7 +351,8 @@ class MultiObjectiveOptimizer(Optimizer):
                 f"state_dict has no {STATE_KEY!r} entry: it was not saved by a torch_moo optimizer "
                 f"(load a plain optimizer's state into {name}.base instead)"
             )
-        saved = check_saved_keys(f"state_dict[{STATE_KEY!r}]", state_dict[STATE_KEY], {"config", "state"})
+        _check_version(state_dict[STATE_KEY], name)
+        saved = check_saved_keys(f"state_dict[{STATE_KEY!r}]", state_dict[STATE_KEY], {"version", "config", "state"})
         check_saved_config(f"state_dict[{STATE_KEY!r}]['config']", saved["config"], self._config(), name)
         check_base_state(type(self).__name__, self.param_groups, self.state, state_dict)
         return self._check_method_state(saved["state"])
@@ -332,25 +374,6 @@ class MultiObjectiveOptimizer(Optimizer):
             if not bool(holds):
                 raise ValueError(f"{where}[{key!r}] must be {rule}, got {describe(checked[key])}")
         return checked
-
-    def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
-        """``{key: (holds, rule)}`` for a saved method state whose entries have the right types and
-        shapes: by default every tensor finite; subclasses add or replace rules."""
-        return {
-            key: (torch.isfinite(value).all(), "finite") for key, value in state.items() if isinstance(value, Tensor)
-        }
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning's LightningOptimizer wraps an optimizer by becoming an instance of a subclass
-        # of its class that holds only ``_optimizer`` and reads every other attribute from it
-        # (``__getattr__``). Methods called through it would write the method's bookkeeping
-        # (what backward recorded, counters, beta) onto the wrapper, where the wrapped
-        # optimizer's step never sees it: such writes go to the wrapped optimizer instead.
-        wrapped = vars(self).get("_optimizer")
-        if isinstance(wrapped, MultiObjectiveOptimizer) and name in vars(wrapped):
-            setattr(wrapped, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer keeps only defaults, state and param_groups; the base and the method's state
@@ -381,48 +404,109 @@ class MultiObjectiveOptimizer(Optimizer):
         """Fill ``.grad`` from ``losses``; ``values`` are their detached float32 values (all-reduced under DDP)."""
         raise NotImplementedError
 
+    def _commit(self, values: Tensor) -> None:
+        """Store per-parameter state that :meth:`backward` prepared, just before the base step (whose
+        pre-step hooks, such as a :class:`~torch_moo.SparsityController`'s regrowth, may reset it)."""
+
     def _advance(self, values: Tensor) -> None:
         """Update the method's state after the base step, from the mean loss values of the backward calls."""
         raise NotImplementedError
-
-    def _discard_pending(self) -> None:
-        """Drop what :meth:`backward` prepared for the next step, at :meth:`zero_grad` or when non-finite
-        losses skip that step (``nonfinite="skip"``)."""
 
     def _finite(self, values: Tensor) -> Tensor | None:
         """``None`` when :meth:`backward` has already rejected or skipped non-finite losses, else whether
         ``values`` are finite."""
         return None if self._checks_finite else all_finite(values)
 
+    def _settings(self) -> dict[str, Any]:
+        """The method's hyperparameters: by default the rule's, under the rule's name."""
+        return {"weighting": type(self.weighting).__name__, **self.weighting.config()}
+
     def _config(self) -> dict[str, Any]:
         """Hyperparameters a saved state must agree with."""
-        return {"method": type(self).__name__, "num_objectives": self.num_objectives, "base": type(self.base).__name__}
+        return {
+            "method": type(self).__name__,
+            "num_objectives": self.num_objectives,
+            "base": type(self.base).__name__,
+            **self._settings(),
+        }
 
     def _method_state(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return self.weighting.method_state()
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        self.weighting.load_method_state(state)
+
+    def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
+        """``{key: (holds, rule)}`` for a saved method state whose entries have the right types and
+        shapes: the rule's."""
+        return self.weighting.state_rules(state)
 
 
-class LossSpaceOptimizer(MultiObjectiveOptimizer):
-    r"""Methods whose weights come from the loss values and the method's state: one backward of
-    :math:`\sum_i w_i f_i` per step. Subclasses implement :meth:`_weights`."""
+class WeightedLossDescent(MultiObjectiveOptimizer):
+    r"""Descent on the weighted losses :math:`\sum_i w_i f_i`, the weights from a loss-space rule.
+
+    One backward pass per step. The rule (:class:`~torch_moo.weightings.LossWeighting`) gives
+    :math:`w` from the loss values and its state; after the base step it sees the step's mean
+    loss values (:meth:`~torch_moo.weightings.LossWeighting.observe`) and updates its state, every
+    step or every ``every`` steps. :class:`~torch_moo.ChebyshevALM`,
+    :class:`~torch_moo.MinMaxWeighting` and :class:`~torch_moo.FixedWeighting` are this class with
+    their rule built from their arguments.
+
+    Args:
+        params: parameters or parameter groups, or a built optimizer (the base).
+        num_objectives: length of the loss vector.
+        weighting: a :class:`~torch_moo.weightings.LossWeighting`, such as
+            :class:`~torch_moo.weightings.Uncertainty` or :class:`~torch_moo.weightings.DWA`.
+        nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
+
+    Example:
+        >>> from torch_moo.weightings import Uncertainty
+        >>> model = torch.nn.Linear(3, 2)
+        >>> rule = Uncertainty(2)
+        >>> opt = WeightedLossDescent(model.parameters(), num_objectives=2, weighting=rule, lr=1e-2)
+        >>> out = model(torch.randn(8, 3))
+        >>> opt.backward(torch.stack([out[:, 0].square().mean(), out[:, 1].square().mean()]))  # exp(0.5) / 2
+        tensor([0.8244, 0.8244])
+        >>> opt.step()
+    """
+
+    _weighting_kind = LossWeighting
+    weighting: LossWeighting
 
     def weights(self, losses: Losses) -> Tensor:
         """The objective weights for these losses under the current state; pure (changes nothing)."""
         losses = check_losses(losses, self.num_objectives, check_finite=self._checks_finite)
         with torch.no_grad():
-            return self._weights(losses.detach().to(self._device, torch.float32)).to(losses.device)
-
-    def _weights(self, values: Tensor) -> Tensor:
-        raise NotImplementedError
+            return self.weighting(losses.detach().to(self._device, torch.float32)).to(losses.device)
 
     def _combine(self, losses, values, *, features, scaler, retain_graph):
-        weights = self._weights(values)
+        weights = self.weighting(values)
         gradient = weights if scaler is None else scaler.scale(weights)
         losses.backward(gradient.to(losses.device, losses.dtype), retain_graph=retain_graph)
         return weights
+
+    def _advance(self, values: Tensor) -> None:
+        self.weighting.observe(values, self._finite(values))
+
+
+def _check_version(saved: object, owner: str) -> None:
+    """Refuse a ``state_dict['torch_moo']`` of another format, saying which."""
+    if not isinstance(saved, Mapping):
+        return  # check_saved_keys names it
+    if "version" not in saved:
+        if {"config", "state"} <= set(saved):
+            raise ValueError(
+                f"state_dict[{STATE_KEY!r}] is in format 1 (no 'version' entry: saved by a torch_moo from before "
+                "the weighting rules); "
+                f"{owner} reads format {FORMAT_VERSION}: retrain, or load the base optimizer's part into .base"
+            )
+        return  # check_saved_keys names what is missing
+    version = saved["version"]
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"state_dict[{STATE_KEY!r}]['version'] must be {FORMAT_VERSION} (this torch_moo's format), "
+            f"got {describe(version)}"
+        )
 
 
 _HOOKS = frozenset(
@@ -438,3 +522,8 @@ _HOOKS = frozenset(
 )
 """The attributes in which :class:`torch.optim.Optimizer` keeps its hooks (its ``__setstate__`` recreates them
 empty)."""
+
+
+def rule_setting(name: str, doc: str) -> property:
+    """A read-only property of a specialised optimizer that shows its rule's ``name``."""
+    return property(lambda self: getattr(self.weighting, name), doc=doc)

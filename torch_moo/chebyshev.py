@@ -5,24 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from torch_moo._running import RunningMean
-from torch_moo._validation import Nonfinite, check_choice, check_count, check_real, check_vector, whole_numbers
-from torch_moo.base import LossSpaceOptimizer
-from torch_moo.functional.chebyshev import (
-    MultiplierRule,
-    chebyshev_objective_weights,
-    chebyshev_terms,
-    multiplier_estimate,
-)
+from torch_moo._validation import Nonfinite
+from torch_moo.base import WeightedLossDescent, rule_setting
+from torch_moo.functional.chebyshev import MultiplierRule
+from torch_moo.weightings.chebyshev import ChebyshevLagrangian
 
 __all__ = ["ChebyshevALM"]
 
 
-class ChebyshevALM(LossSpaceOptimizer):
+class ChebyshevALM(WeightedLossDescent):
     r"""Weighted Chebyshev scalarization by an augmented Lagrangian, driven by any base optimizer.
 
     Hotegni, Peitz & Berkemeier, *Multi-Objective Optimization for Sparse Deep Neural Network
@@ -75,6 +69,10 @@ class ChebyshevALM(LossSpaceOptimizer):
         multiplier_update: ``"phr"`` (default) or ``"reference"``.
         nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
 
+    It is a :class:`~torch_moo.WeightedLossDescent` whose rule,
+    :class:`~torch_moo.weightings.ChebyshevLagrangian`, holds the multipliers, the penalty and the
+    running estimates (:attr:`weighting`).
+
     Example:
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = ChebyshevALM(model.parameters(), num_objectives=2, preference=[0.5, 0.5], outer_every=10, lr=1e-2)
@@ -87,6 +85,8 @@ class ChebyshevALM(LossSpaceOptimizer):
         >>> bool(torch.isclose(weights.sum(), torch.tensor(1.0)))
         True
     """
+
+    weighting: ChebyshevLagrangian
 
     def __init__(
         self,
@@ -105,52 +105,44 @@ class ChebyshevALM(LossSpaceOptimizer):
         base: type[Optimizer] | Optimizer | None = None,
         **base_kwargs: Any,
     ) -> None:
-        num_objectives = check_count("num_objectives", num_objectives)
-        preference = check_vector("preference", preference, num_objectives)
-        if (preference < 0).any() or preference.sum() <= 0:
-            raise ValueError(f"preference must be non-negative and not all zero, got {preference.tolist()}")
-        if isinstance(reference, str):
-            check_choice("reference", reference, ["ideal"])
-        elif reference is not None:
-            reference = check_vector("reference", reference, num_objectives)
-        self.augmentation = check_real("augmentation", augmentation, minimum=0.0)
-        penalty = check_real("penalty", penalty, minimum=0.0, strict=True)
-        self.penalty_growth = check_real("penalty_growth", penalty_growth, minimum=1.0)
-        self.max_penalty = check_real("max_penalty", max_penalty, minimum=penalty)
-        self.outer_every = None if outer_every is None else check_count("outer_every", outer_every)
-        self.multiplier_update: MultiplierRule = check_choice(
-            "multiplier_update", multiplier_update, ["phr", "reference"]
+        rule = ChebyshevLagrangian(
+            num_objectives,
+            preference=preference,
+            reference=reference,
+            augmentation=augmentation,
+            penalty=penalty,
+            penalty_growth=penalty_growth,
+            max_penalty=max_penalty,
+            outer_every=outer_every,
+            multiplier_update=multiplier_update,
         )
-        super().__init__(params, num_objectives=num_objectives, nonfinite=nonfinite, base=base, **base_kwargs)
+        super().__init__(
+            params, num_objectives=num_objectives, weighting=rule, nonfinite=nonfinite, base=base, **base_kwargs
+        )
 
-        device = self._device
-        self.preference = (preference / preference.sum()).to(device)
-        self.tracks_ideal = reference == "ideal"
-        fixed = reference if isinstance(reference, Tensor) else torch.zeros(num_objectives)  # None or "ideal": zeros
-        self._reference = fixed.to(device)
-        self._ideal = torch.full((num_objectives,), float("inf"), device=device)
-        self._multipliers = torch.full((num_objectives,), 1.0 / num_objectives, device=device)
-        self._penalty = torch.tensor(penalty, device=device)
-        self._estimates = RunningMean(num_objectives, device)
-        self._since_outer = 0
-        self._last_estimate: tuple[Tensor | None, Tensor | None] = (None, None)
+    preference = rule_setting("preference", "The normalised preference :math:`k`.")
+    augmentation = rule_setting("augmentation", r"The augmentation :math:`\varepsilon`.")
+    penalty_growth = rule_setting("penalty_growth", r"The penalty growth :math:`\rho`.")
+    max_penalty = rule_setting("max_penalty", r"The cap on :math:`\mu`.")
+    outer_every = rule_setting("every", "Steps between automatic outer updates (``None``: only :meth:`outer_step`).")
+    multiplier_update = rule_setting("multiplier_update", '``"phr"`` or ``"reference"``.')
+    tracks_ideal = rule_setting("tracks_ideal", "Whether the reference point is the running ideal point.")
 
-    # ---------------------------------------------------------------------- public state
     @property
     def multipliers(self) -> Tensor:
         r"""The Lagrange multipliers :math:`\lambda` (a copy)."""
-        return self._multipliers.clone()
+        return self.weighting.multipliers.clone()
 
     @property
     def penalty(self) -> Tensor:
         r"""The current penalty :math:`\mu` (a copy)."""
-        return self._penalty.clone()
+        return self.weighting.penalty.clone()
 
     def reference_point(self) -> Tensor:
         """The reference point :math:`a` (a copy): fixed, or the running ideal point."""
-        return (self._ideal if self.tracks_ideal else self._reference).clone()
+        return self.weighting.reference_point()
 
-    def outer_step(self) -> None:  # its tensors never require grad: no graph is recorded
+    def outer_step(self) -> None:
         r"""Update the multipliers and the penalty from the steps since the last outer update.
 
         A no-op when no step with finite losses was taken since then. The steps' estimates
@@ -168,96 +160,7 @@ class ChebyshevALM(LossSpaceOptimizer):
         orthogonal to :math:`\mathbf 1`, on which neither the exact level nor the authors'
         Adam-trained :math:`t` has any influence, is exactly the authors' update.
         """
-        count = self._estimates.count
-        if self.multiplier_update == "phr":
-            updated = self._estimates.mean().clamp_min(0)
-        else:
-            current = self._multipliers.to(torch.float64)
-            updated = current + (self._estimates.total - count * current)
-            updated = updated + (1 - updated.sum()) / self.num_objectives
-        taken = count > 0
-        self._multipliers.copy_(torch.where(taken, updated, self._multipliers))
-        grown = (self._penalty * self.penalty_growth).clamp_max(self.max_penalty)
-        self._penalty.copy_(torch.where(taken, grown, self._penalty))
-        self._estimates.reset()
-        self._since_outer = 0
-        self._last_estimate = (None, None)
+        self.weighting.update()
 
-    # ------------------------------------------------------------------------ internals
-    def _estimate(self, values: Tensor) -> Tensor:
-        """The multiplier estimate in float64 (the float32 state and values promote exactly)."""
-        values = values.to(torch.float64)
-        reference = torch.minimum(self._ideal, values) if self.tracks_ideal else self._reference
-        terms = chebyshev_terms(values, self.preference, reference, self.augmentation)
-        return multiplier_estimate(terms, self._multipliers, self._penalty, self.multiplier_update)
-
-    def _weights(self, values: Tensor) -> Tensor:
-        estimate = self._estimate(values)
-        self._last_estimate = (values, estimate)  # step() reuses it for the same values and state
-        dual = estimate.clamp_min(0) if self.multiplier_update == "phr" else estimate
-        return chebyshev_objective_weights(dual, self.preference, self.augmentation).to(values.dtype)
-
-    def _advance(self, values: Tensor) -> None:
-        cached_values, estimate = self._last_estimate
-        if cached_values is not values or estimate is None:
-            estimate = self._estimate(values)
-        finite = self._finite(values)
-        self._estimates.add(estimate, finite)
-        if self.tracks_ideal:
-            seen = values if finite is None else torch.where(finite, values, self._ideal)
-            torch.minimum(self._ideal, seen, out=self._ideal)
-        self._since_outer += 1
-        if self.outer_every is not None and self._since_outer >= self.outer_every:
-            self.outer_step()
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            **super()._config(),
-            "preference": self.preference.tolist(),
-            "reference": "ideal" if self.tracks_ideal else self._reference.tolist(),
-            "augmentation": self.augmentation,
-            "penalty_growth": self.penalty_growth,
-            "max_penalty": self.max_penalty,
-            "outer_every": self.outer_every,
-            "multiplier_update": self.multiplier_update,
-        }
-
-    def _method_state(self) -> dict[str, Any]:
-        return {
-            "multipliers": self._multipliers.clone(),
-            "penalty": self._penalty.clone(),
-            "estimate_sum": self._estimates.total.clone(),
-            "estimate_count": self._estimates.count.clone(),
-            "ideal": self._ideal.clone(),
-            "since_outer": self._since_outer,
-        }
-
-    def _load_method_state(self, state: dict[str, Any]) -> None:
-        self._multipliers.copy_(state["multipliers"])
-        self._penalty.copy_(state["penalty"])
-        self._estimates.total.copy_(state["estimate_sum"])
-        self._estimates.count.copy_(state["estimate_count"])
-        self._ideal.copy_(state["ideal"])
-        self._since_outer = state["since_outer"]
-        self._last_estimate = (None, None)
-
-    def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
-        multipliers, penalty, ideal = state["multipliers"], state["penalty"], state["ideal"]
-        finite = torch.isfinite(multipliers).all()
-        if self.multiplier_update == "phr":  # clamped at 0
-            multipliers_rule = (finite & (multipliers >= 0).all(), "finite and non-negative (multiplier_update='phr')")
-        else:  # kept on sum = 1 (outer_step); rounded to the dtype, entry by entry: 16x that rounding allowed
-            off = (multipliers.double().sum() - 1).abs()
-            tolerance = self.num_objectives * 2.0**-20 * multipliers.double().abs().sum().clamp_min(1)
-            multipliers_rule = (finite & (off <= tolerance), "finite and summing to 1 (multiplier_update='reference')")
-        return {
-            **super()._state_rules(state),
-            "multipliers": multipliers_rule,
-            "penalty": ((penalty > 0) & (penalty <= self.max_penalty), f"in (0, max_penalty={self.max_penalty}]"),
-            "estimate_count": (whole_numbers(state["estimate_count"]), "a non-negative whole number"),
-            "ideal": (((ideal == float("inf")) | torch.isfinite(ideal)).all(), "finite or +inf (no finite loss seen)"),
-            "since_outer": (
-                self.outer_every is None or state["since_outer"] < self.outer_every,
-                f"below outer_every={self.outer_every}",
-            ),
-        }
+    def _settings(self) -> dict[str, Any]:
+        return self.weighting.config()

@@ -10,12 +10,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from torch_moo._validation import Nonfinite, check_count, check_vector
-from torch_moo.base import LossSpaceOptimizer
+from torch_moo.base import WeightedLossDescent
+from torch_moo.weightings.simple import Constant
 
 __all__ = ["FixedWeighting"]
 
 
-class FixedWeighting(LossSpaceOptimizer):
+class FixedWeighting(WeightedLossDescent):
     r"""Constant weights: one backward pass of :math:`\sum_i w_i f_i` per step.
 
     .. math::
@@ -35,6 +36,8 @@ class FixedWeighting(LossSpaceOptimizer):
             (not normalised); ``None`` is all ones.
         nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
 
+    It is a :class:`~torch_moo.WeightedLossDescent` with the rule :class:`~torch_moo.weightings.Constant`.
+
     Example:
         >>> model = torch.nn.Linear(3, 2)
         >>> opt = FixedWeighting(model.parameters(), num_objectives=2, weights=[1.0, 0.5], lr=1e-2)
@@ -43,6 +46,8 @@ class FixedWeighting(LossSpaceOptimizer):
         tensor([1.0000, 0.5000])
         >>> opt.step()
     """
+
+    weighting: Constant
 
     def __init__(
         self,
@@ -58,28 +63,15 @@ class FixedWeighting(LossSpaceOptimizer):
         fixed = torch.ones(num_objectives) if weights is None else check_vector("weights", weights, num_objectives)
         if (fixed < 0).any() or not (fixed > 0).any():
             raise ValueError(f"weights must be non-negative and not all zero, got {fixed.tolist()}")
-        super().__init__(params, num_objectives=num_objectives, nonfinite=nonfinite, base=base, **base_kwargs)
-        self._fixed = fixed.to(self._device)
-        # the configuration as given (float32's rounding would show as 0.20000000298023224)
-        given = torch.ones(num_objectives) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        self._given = given.tolist()
+        rule = Constant(torch.ones(num_objectives) if weights is None else weights)
+        super().__init__(
+            params, num_objectives=num_objectives, weighting=rule, nonfinite=nonfinite, base=base, **base_kwargs
+        )
 
     @property
     def task_weights(self) -> Tensor:
         """The weights :math:`w` (a copy)."""
-        return self._fixed.clone()
+        return self.weighting.weights.to(torch.float32)
 
-    def _weights(self, values: Tensor) -> Tensor:
-        return self._fixed.clone()
-
-    def _advance(self, values: Tensor) -> None:
-        """Constant weights: no state to update."""
-
-    def _config(self) -> dict[str, Any]:
-        return {**super()._config(), "weights": self._given}
-
-    def _method_state(self) -> dict[str, Any]:
-        return {}
-
-    def _load_method_state(self, state: dict[str, Any]) -> None:
-        """Nothing to load: the weights are configuration, checked by :meth:`load_state_dict`."""
+    def _settings(self) -> dict[str, Any]:
+        return {"weights": self.weighting.weights.tolist()}

@@ -11,17 +11,19 @@ from torch.optim import Optimizer
 
 from torch_moo._validation import Nonfinite, check_count, check_real, check_vector
 from torch_moo.base import Losses
+from torch_moo.descent import JacobianDescent
 from torch_moo.distributed import mean_across_ranks
+from torch_moo.engine import jacobian, objective_roots, strided
 from torch_moo.functional._scale import power_of_two, vector_norm
 from torch_moo.functional.curvature import hessian_vector_product
 from torch_moo.functional.krylov import MinresResult, minres
 from torch_moo.functional.mgda import _scale_to_unit_, _unit_gram
-from torch_moo.mgda import MultiGradientDescent, _jacobian, _objective_roots, _strided
+from torch_moo.weightings.mgda import MGDA
 
 __all__ = ["ParetoTangentExplorer"]
 
 
-class ParetoTangentExplorer(MultiGradientDescent):
+class ParetoTangentExplorer(JacobianDescent):
     r"""Continuous Pareto exploration: steps along the Pareto set, each one a matrix-free Krylov solve.
 
     Ma, Du & Matusik, *Efficient Continuous Pareto Exploration in Multi-Task Learning* (ICML
@@ -48,7 +50,9 @@ class ParetoTangentExplorer(MultiGradientDescent):
     re-evaluating the closure, to return to the front. Memory: the gradients are kept with
     their graph for the Hessian-vector products, about :math:`k` times a backward pass.
 
-    It is a :class:`~torch_moo.MultiGradientDescent` as well (full mode, no normalisation):
+    It composes the Jacobian engine (:mod:`torch_moo.engine`), the min-norm solve
+    (:class:`~torch_moo.weightings.MGDA`, :attr:`weighting`), MINRES and MGDA corrector steps: as a
+    :class:`~torch_moo.JacobianDescent` with the MGDA rule (full mode, no normalisation),
     ``opt.backward(losses)`` then ``opt.step()`` is an MGDA step with the base optimizer, the
     way to reach a Pareto-stationary point first; ``opt.step(closure)`` is an exploration step.
     :attr:`stationarity` is :math:`\|\sum_i \alpha_i \nabla f_i\|^2` at the last gradient
@@ -115,10 +119,13 @@ class ParetoTangentExplorer(MultiGradientDescent):
         builds_sgd = base is torch.optim.SGD or (base is None and not isinstance(params, Optimizer))
         if builds_sgd and "lr" not in base_kwargs:
             base_kwargs["lr"] = 1e-2
-        super().__init__(params, num_objectives=num_objectives, nonfinite=nonfinite, base=base, **base_kwargs)
+        super().__init__(
+            params, num_objectives=num_objectives, weighting=MGDA(), nonfinite=nonfinite, base=base, **base_kwargs
+        )
+        self._beta = torch.zeros(num_objectives, device=self._device)
         self.beta = torch.eye(num_objectives)[0] if beta is None else beta
-        self._tangent_solve: MinresResult | None = None
-        self._tangent_rhs_norm: Tensor | None = None
+        # the last solve and its right-hand side's norm, changed in place (see base._Pending)
+        self._solve_record: dict[str, Any] = {"solve": None, "rhs_norm": None}
 
     @property
     def beta(self) -> Tensor:
@@ -130,7 +137,7 @@ class ParetoTangentExplorer(MultiGradientDescent):
         beta = check_vector("beta", value, self.num_objectives)
         if not bool((beta != 0).any()):
             raise ValueError("beta must have a non-zero entry: it chooses which objectives to trade toward")
-        self._beta = beta.to(self._device, torch.float32)
+        self._beta.copy_(beta)
 
     @property
     def tangent_solve(self) -> MinresResult | None:
@@ -139,13 +146,13 @@ class ParetoTangentExplorer(MultiGradientDescent):
         MINRES solves the system multiplied by a power of two :math:`s` near :math:`1 / \max |J|`,
         which leaves the solution as it is and keeps the solve accurate at any loss scale; the
         residual norm is that of the scaled system (:attr:`tangent_residual` is relative)."""
-        return self._tangent_solve
+        return self._solve_record["solve"]
 
     @property
     def tangent_residual(self) -> Tensor | None:
         r"""The last solve's relative residual :math:`\|J^\top\beta - (H + \delta I) v\| / \|J^\top\beta\|`
         (MINRES's estimate; ``None`` before an exploration step)."""
-        solve, rhs_norm = self._tangent_solve, self._tangent_rhs_norm  # set together
+        solve, rhs_norm = self._solve_record["solve"], self._solve_record["rhs_norm"]  # set together
         if solve is None or rhs_norm is None:
             return None
         return solve.residual_norm / torch.where(rhs_norm > 0, rhs_norm, 1.0)
@@ -170,7 +177,7 @@ class ParetoTangentExplorer(MultiGradientDescent):
             self._apply_pending()
             return None
         losses, values = self._loss_values(losses)
-        self._last_skipped = values is None
+        self._pending.last_skipped = values is None
         if values is None:  # nonfinite="skip": the exploration step moves nothing
             return losses.detach()
         params = self._params()
@@ -192,17 +199,16 @@ class ParetoTangentExplorer(MultiGradientDescent):
             if root is None
             else tuple(
                 map(
-                    _strided,
+                    strided,
                     torch.autograd.grad(root, params, create_graph=True, allow_unused=True, materialize_grads=True),
                 )
             )
-            for root in _objective_roots(losses)
+            for root in objective_roots(losses)
         ]
-        jacobian = mean_across_ranks(_jacobian([[g.detach() for g in row] for row in rows], params, range(len(params))))
+        matrix = mean_across_ranks(jacobian([[g.detach() for g in row] for row in rows], params, range(len(params))))
         # J times s = 2^-e, 2^(e-1) <= max|J| < 2^e (exact, in place): the Gram matrix at unit scale
-        exponent = _scale_to_unit_(jacobian)
-        alpha = self._solve(_unit_gram([jacobian], exponent), values, jacobian.dtype)
-        weights = alpha.to(jacobian.dtype)
+        exponent = _scale_to_unit_(matrix)
+        weights = self._weigh(values)(_unit_gram([matrix], exponent), matrix.dtype)
         weighted = [sum(w * row[j] for w, row in zip(weights, rows)) for j in range(len(params))]
         sizes = [p.numel() for p in params]
 
@@ -213,21 +219,21 @@ class ParetoTangentExplorer(MultiGradientDescent):
                 return torch.zeros_like(vector)
             pieces = [piece.view_as(p) for piece, p in zip(vector.split(sizes), params)]
             product = hessian_vector_product(weighted, params, pieces)
-            return mean_across_ranks(torch.cat([_strided(h).reshape(-1) for h in product]))
+            return mean_across_ranks(torch.cat([strided(h).reshape(-1) for h in product]))
 
         # MINRES runs on the system times s: the same solution v, with the right-hand side (from the
         # scaled J) and the Hessian's part of the operator near unit scale whatever the losses'
         # scale. s * damping is a tensor: the damping goes into the operator.
-        scale = power_of_two(-exponent, jacobian)
-        rhs = self._beta.to(jacobian.dtype) @ jacobian
-        self._tangent_solve = minres(
+        scale = power_of_two(-exponent, matrix)
+        rhs = self._beta.to(matrix.dtype) @ matrix
+        solve = minres(
             lambda vector: scale * (hessian_times(vector) + self.damping * vector),
             rhs,
             tol=self.tol,
             max_iter=self.max_iter,
         )
-        self._tangent_rhs_norm = vector_norm(rhs)
-        v = self._tangent_solve.solution
+        self._solve_record.update(solve=solve, rhs_norm=vector_norm(rhs))
+        v = solve.solution
         # -v lowers beta^T f to first order where H is positive definite; elsewhere flip it so it does.
         sign = torch.where(rhs @ v < 0, -1.0, 1.0)
         norm = vector_norm(v)
@@ -238,7 +244,7 @@ class ParetoTangentExplorer(MultiGradientDescent):
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         super()._load_method_state(state)
-        self._beta = state["beta"]
+        self._beta.copy_(state["beta"])
 
     def _state_rules(self, state: dict[str, Any]) -> dict[str, tuple[bool | Tensor, str]]:
         beta = state["beta"]
@@ -247,9 +253,8 @@ class ParetoTangentExplorer(MultiGradientDescent):
             "beta": ((torch.isfinite(beta).all() & (beta != 0).any()), "finite with a non-zero entry"),
         }
 
-    def _config(self) -> dict[str, Any]:
+    def _settings(self) -> dict[str, Any]:
         return {
-            **super()._config(),
             "step_size": self.step_size,
             "damping": self.damping,
             "max_iter": self.max_iter,

@@ -305,6 +305,19 @@ def _(code, tmp_path, monkeypatch):
         assert_fitted(before, model)
 
 
+@outcome("docs/weightings.rst#1", anchor="weighting=UPGrad(), lr=1e-3)")
+def _(code, tmp_path, monkeypatch):
+    loss_space = code.replace("# opt = tm.WeightedLossDescent", "opt = tm.WeightedLossDescent", 1)
+    representation = code.replace("opt.backward(losses)  ", "opt.backward(losses, features=z)  ", 1)
+    assert code != loss_space and code != representation
+    for variant in (code, loss_space, representation):  # UPGrad (full mode), uncertainty weighting, UPGrad on z
+        torch.manual_seed(0)
+        model = TwoHeads()
+        before = fit(model)
+        run(variant, {"model": model, "loader": Batches(repeat=30)})
+        assert_fitted(before, model)
+
+
 @outcome("docs/objectives.rst#1", anchor='tm.objectives.l1(model, reduction="mean")')
 def _(code, tmp_path, monkeypatch):
     model = TwoHeads()

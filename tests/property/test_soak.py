@@ -149,9 +149,10 @@ def machine_for(method):
                 assert torch.all(weights >= 0) and torch.isclose(weights.sum(), torch.tensor(1.0))
             elif method == "ChebyshevALM":
                 assert torch.all(state["multipliers"] >= 0) and state["penalty"] > 0
-            elif method == "MultiGradientDescent":
-                assert torch.all(state["exp_avg_sq"] >= 0)
-                assert int(state["moment_steps"]) == self.taken
+            elif method == "MultiGradientDescent":  # per-objective moments: per-parameter state
+                for entries in self.opt.state.values():
+                    assert torch.all(entries["objective_exp_avg_sq"] >= 0)
+                    assert int(entries["objective_step"]) == self.taken
 
         @invariant()
         def step_counters_agree(self):

@@ -349,7 +349,7 @@ def common(name: str) -> list[Case]:
         loads(
             "broken entry",
             lambda c: {**c.saved(), "torch_moo": {"state": {}}},
-            r"state_dict\['torch_moo'\] must hold \['config', 'state'\]: it lacks \['config'\]",
+            r"state_dict\['torch_moo'\] must hold \['config', 'state', 'version'\]: it lacks \['config', 'version'\]",
         ),
         loads("None", lambda c: None, rf"state_dict must be a dict from {name}.state_dict\(\), got NoneType"),
         loads(

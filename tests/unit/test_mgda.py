@@ -1,5 +1,7 @@
 """MultiGradientDescent: what it writes into .grad in each mode, moments, scaler, errors."""
 
+import copy
+
 import pytest
 import torch
 
@@ -164,20 +166,25 @@ def test_moments_hold_each_objectives_adam_estimates():
         jacobian = torch.stack(rows)
         expected_m = 0.5 * expected_m + 0.5 * jacobian
         expected_v = 0.75 * expected_v + 0.25 * jacobian.square()
-    state = opt.state_dict()["torch_moo"]["state"]
-    assert state["moment_steps"] == 3
-    torch.testing.assert_close(state["exp_avg"], expected_m)
-    torch.testing.assert_close(state["exp_avg_sq"], expected_v)
+    # per-parameter optimizer state, (k, *p.shape) each: flattened and laid side by side, the k x P moments
+    state = [opt.state[p] for p in params]
+    assert all(int(s["objective_step"]) == 3 for s in state)
+    torch.testing.assert_close(torch.cat([s["objective_exp_avg"].flatten(1) for s in state], 1), expected_m)
+    torch.testing.assert_close(torch.cat([s["objective_exp_avg_sq"].flatten(1) for s in state], 1), expected_v)
 
 
-def test_moments_refuse_a_new_param_group():
+def test_moments_of_a_new_param_group_start_at_its_first_step():
     # features and a second backward: tests/unit/test_error_tables.py
     model = TwoHeads()
     opt = MultiGradientDescent(model.parameters(), num_objectives=2, moments=(0.9, 0.99), lr=1e-2)
+    opt.backward(task_losses(model, 0))
+    opt.step()
     extra = torch.nn.Parameter(torch.ones(2))
     opt.add_param_group({"params": [extra]})
-    with pytest.raises(RuntimeError, match="add_param_group is not supported with moments"):
-        opt.backward(task_losses(model, 0) + extra.sum())
+    opt.zero_grad()
+    opt.backward(task_losses(model, 1) + extra.sum())
+    opt.step()
+    assert int(opt.state[extra]["objective_step"]) == 1 and int(opt.state[model.heads[0].bias]["objective_step"]) == 2
 
 
 def test_moments_skip_non_finite_steps_without_the_check():
@@ -185,13 +192,14 @@ def test_moments_skip_non_finite_steps_without_the_check():
     opt = MultiGradientDescent(model.parameters(), num_objectives=2, moments=(0.9, 0.99), nonfinite="propagate", lr=0.0)
     opt.backward(task_losses(model, 0))
     opt.step()
-    before = {key: value.clone() for key, value in opt.state_dict()["torch_moo"]["state"].items()}
+    before = copy.deepcopy(opt.state_dict()["state"])
     opt.zero_grad()
     opt.backward(task_losses(model, 1) * torch.tensor([float("nan"), 1.0]))
     opt.step()
-    after = opt.state_dict()["torch_moo"]["state"]
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
+    after = opt.state_dict()["state"]
+    for index, entries in before.items():
+        for key in ("objective_exp_avg", "objective_exp_avg_sq", "objective_step"):
+            assert torch.equal(after[index][key], entries[key]), (index, key)
 
 
 def test_representation_mode_under_gradscaler_equals_the_unscaled_step():
@@ -221,7 +229,7 @@ def test_a_skipped_step_drops_the_pending_moments():
     opt.backward(task_losses(model, 1) * float("nan"))  # accumulation with a bad batch: the step is skipped
     opt.step()
     assert opt.skipped and torch.equal(flat_parameters(model), before)
-    assert opt.state_dict()["torch_moo"]["state"]["moment_steps"] == 0
+    assert not any("objective_step" in entries for entries in opt.state.values())  # nothing entered
     opt.backward(task_losses(model, 2))  # without zero_grad: the skipped step left nothing pending
     opt.step()
     assert not torch.equal(flat_parameters(model), before)

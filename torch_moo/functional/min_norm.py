@@ -13,7 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from torch_moo._validation import all_finite
+from torch_moo._device import reads_are_free
+from torch_moo._validation import all_finite, check_gram
 
 __all__ = ["MinNormSolution", "min_norm_solve", "min_norm_weights"]
 
@@ -290,14 +291,9 @@ def min_norm_solve(gram: Tensor, start: Tensor | None = None, *, early_exit: boo
     Returns:
         A :class:`MinNormSolution`: ``(weights, gap, iterations, stopped)``.
     """
-    if not isinstance(gram, Tensor):
-        raise TypeError(f"gram must be a tensor, got {type(gram).__name__}")
-    if not gram.is_floating_point():
-        raise TypeError(f"gram must be floating point, got dtype {gram.dtype}")
-    if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 1:
-        raise ValueError(f"gram must be a square k x k matrix with k >= 1, got shape {tuple(gram.shape)}")
+    check_gram(gram)
     if start is not None and (not isinstance(start, Tensor) or start.shape != (gram.shape[0],)):
         raise ValueError(f"start must be a tensor of shape ({gram.shape[0]},), got {getattr(start, 'shape', start)!r}")
     if early_exit is None:
-        early_exit = gram.device.type == "cpu"
+        early_exit = reads_are_free(gram)
     return _min_norm(gram, early_exit=bool(early_exit), start=start)

@@ -381,7 +381,8 @@ class SparsityController:
             keep = expand(m if previous is None else m & previous[index], p.shape, self.structure, layout)
             p.masked_fill_(~expand(m, p.shape, self.structure, layout), 0)
             for value in self._optimizer.state.get(p, {}).values():
-                if isinstance(value, Tensor) and value.shape == p.shape:
+                # the base's state (p's shape) and per-objective state (k x p's shape, JacobianDescent's moments)
+                if isinstance(value, Tensor) and value.dim() - p.dim() in (0, 1) and value.shape[-p.dim() :] == p.shape:
                     value.masked_fill_(~keep, 0)
 
     def _counts(self, sparsity: float) -> list[int]:
