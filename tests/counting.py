@@ -5,16 +5,37 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # ops that read a device value on the host: a synchronisation on an accelerator
 HOST_READS = {"aten::_local_scalar_dense", "aten::equal", "aten::is_nonzero"}
 # views and metadata changes launch no kernel
-FREE = {"aten::view", "aten::_unsafe_view", "aten::detach", "aten::t", "aten::alias", "aten::expand", "aten::as_strided",
-        "aten::unsqueeze", "aten::squeeze", "aten::reshape", "aten::slice", "aten::select", "aten::permute",
-        "aten::transpose", "aten::split", "aten::split_with_sizes", "aten::unbind", "aten::diagonal", "aten::lift_fresh",
-        "aten::_reshape_alias", "aten::unsafe_split", "aten::chunk", "aten::narrow", "aten::_to_copy_noop"}
+FREE = {
+    "aten::view",
+    "aten::_unsafe_view",
+    "aten::detach",
+    "aten::t",
+    "aten::alias",
+    "aten::expand",
+    "aten::as_strided",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::reshape",
+    "aten::slice",
+    "aten::select",
+    "aten::permute",
+    "aten::transpose",
+    "aten::split",
+    "aten::split_with_sizes",
+    "aten::unbind",
+    "aten::diagonal",
+    "aten::lift_fresh",
+    "aten::_reshape_alias",
+    "aten::unsafe_split",
+    "aten::chunk",
+    "aten::narrow",
+    "aten::_to_copy_noop",
+}
 
 
 class Dispatches(TorchDispatchMode):

@@ -24,7 +24,7 @@ def check_gram(gram: object) -> Tensor:
     would cost a host synchronisation per step, so a non-finite Gram matrix there gives
     non-finite weights instead.
     """
-    check_square(gram)
+    gram = check_square(gram)
     if reads_are_free(gram) and not all_finite(gram):
         raise ValueError(f"gram must be finite, got {gram.tolist()}")
     return gram
