@@ -8,6 +8,10 @@ batch 256, for k in ``--ks`` and each rule ``W`` of ``--weightings`` (MGDA, UPGr
 * ``torch_moo W (full)``: ``JacobianDescent(..., weighting=W()).backward(losses)``, the full
   mode: one ``autograd.grad`` pass per objective, the rule on the trunk's Gram matrix, each head
   its own gradient;
+* ``torch_moo W (full, trunk)``: the same full mode built with ``trunk=model.trunk``, which takes
+  the Gramian path (:mod:`torch_moo.gramian`: the Gram matrix from the trunk's activations and
+  output gradients, no ``k x P`` Jacobian) where the layers' outputs are fewer entries than the
+  trunk's parameters (the MLP at batch 256), the Jacobian path otherwise (the CNN);
 * ``torch_moo W (features)``: ``opt.backward(losses, features=z)``, the representation mode
   (MGDA-UB's shortcut: the Gram matrix of the gradients at the trunk's output ``z``);
 * the peers of benchmarks/_mgda_peers.py (torchjd's autogram engine and ``mtl_backward`` with
@@ -77,7 +81,7 @@ RULES: dict[str, tuple[str, type[tm.weightings.GramWeighting]]] = {
 
 
 def own_steps(net, x, y, k: int, weightings: Sequence[str], names: Container[str] | None = None) -> dict[str, Step]:
-    """Adam on the summed loss and torch_moo's two modes per rule of ``weightings`` (keys of ``RULES``;
+    """Adam on the summed loss and torch_moo's modes per rule of ``weightings`` (keys of ``RULES``;
     only those in ``names`` if given), each on its own copy of ``net``."""
     labels = [y[:, i] for i in range(k)]
 
@@ -95,9 +99,11 @@ def own_steps(net, x, y, k: int, weightings: Sequence[str], names: Container[str
 
         return step
 
-    def jacobian_descent(rule: type[tm.weightings.GramWeighting], features: bool) -> Step:
+    def jacobian_descent(rule: type[tm.weightings.GramWeighting], features: bool, trunk: bool = False) -> Step:
         model = copy.deepcopy(net)
-        opt = tm.JacobianDescent(model.parameters(), num_objectives=k, weighting=rule(), lr=1e-3)
+        opt = tm.JacobianDescent(
+            model.parameters(), num_objectives=k, weighting=rule(), trunk=model.trunk if trunk else None, lr=1e-3
+        )
 
         def step() -> None:
             opt.zero_grad()
@@ -114,6 +120,7 @@ def own_steps(net, x, y, k: int, weightings: Sequence[str], names: Container[str
     for weighting in weightings:
         label, rule = RULES[weighting]
         makers[f"torch_moo {label} (full)"] = functools.partial(jacobian_descent, rule, False)
+        makers[f"torch_moo {label} (full, trunk)"] = functools.partial(jacobian_descent, rule, False, True)
         makers[f"torch_moo {label} (features)"] = functools.partial(jacobian_descent, rule, True)
     return {name: make() for name, make in makers.items() if names is None or name in names}
 

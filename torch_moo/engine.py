@@ -32,7 +32,6 @@ from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from torch_moo.distributed import mean_across_ranks, means_across_ranks
-from torch_moo.functional._scale import power_of_two
 from torch_moo.functional.mgda import _scale_to_unit_, _unit_gram
 
 __all__ = ["HEAD_GRADIENTS", "HeadGradient", "Weigh", "combine_features", "combine_parameters"]
@@ -98,7 +97,7 @@ def combined(matrix: Tensor, weigh: Weigh, reduce_gram: bool = False) -> tuple[T
     exponent = _scale_to_unit_(matrix)
     gram = _unit_gram([matrix], exponent)
     weights = weigh(mean_across_ranks(gram) if reduce_gram else gram, matrix.dtype)
-    return weights, (weights @ matrix) * power_of_two(exponent, matrix)
+    return weights, (weights @ matrix).ldexp_(exponent)
 
 
 # -------------------------------------------------------------------------- representation mode
@@ -258,7 +257,9 @@ def jacobian(rows: Sequence[Sequence[Tensor | None]], tensors: Sequence[Tensor],
     One ``cat`` into one buffer: building rows first and stacking them costs a second copy, and
     on the CPU the fresh allocations page-fault (``benchmarks/README.md``, "MultiGradientDescent").
     """
-    reference, zero = tensors[0], tensors[0].new_zeros(())
+    reference = tensors[0]
+    # the zero is made only when an objective misses a tensor (an op per step less otherwise; unused then)
+    zero = reference.new_zeros(()) if any(row[j] is None for row in rows for j in indices) else reference
     pieces = [
         zero.expand(tensors[j].numel()) if (gradient := row[j]) is None else gradient.reshape(-1).to(reference.dtype)
         for row in rows

@@ -30,7 +30,8 @@ class MultiGradientDescent(JacobianDescent):
         \alpha = \arg\min_{\alpha \in \Delta} \Big\| \sum_i \alpha_i \hat g_i \Big\|^2,
         \qquad d = \sum_i \alpha_i g_i ,
 
-    exactly (:func:`~torch_moo.functional.min_norm_weights`, on the device), where
+    exactly (:func:`~torch_moo.functional.min_norm_weights`; off the CPU on a host copy of the
+    :math:`k \times k` matrix, one synchronisation per step), where
     :math:`g_i` is objective :math:`i`'s gradient over the *shared* parameters and
     :math:`\hat g_i` its normalisation (:func:`~torch_moo.functional.normalized_gram`), and
     writes :math:`d` into ``.grad``; the base optimizer then steps along it. With

@@ -294,7 +294,8 @@ def growl(
             :math:`\beta_1 \max_g \|W_g\| + \beta_2 \sum_g \|W_g\|`; or a nonincreasing,
             non-negative, finite 1-D list or tensor :math:`\lambda` with at least as many entries
             as the largest layer has groups (a layer with :math:`G` groups uses the first
-            :math:`G`). ``None`` means ``(0.8, 0.2)``.
+            :math:`G`). ``None`` means ``(0.8, 0.2)``. Explicit weights are checked on the host
+            and copied to the layers' device once per call (one transfer).
 
     Example:
         >>> w = torch.tensor([[3.0, 0.0], [4.0, 1.0]])  # column norms 5 and 1
@@ -304,6 +305,8 @@ def growl(
     check_choice("structure", structure, _STRUCTURES)
     lam = _growl_weights((0.8, 0.2) if weights is None else weights)
     norms = _group_norms("growl", params_or_module, structure)
+    if isinstance(lam, Tensor):  # to the layers' device and dtype once, not once per layer
+        lam = lam.to(norms[0])
     terms = []
     for index, layer in enumerate(norms):
         if isinstance(lam, tuple):
@@ -316,5 +319,5 @@ def growl(
                 f"{structure} groups: give at least one weight per group"
             )
         ordered = torch.sort(layer, descending=True).values
-        terms.append((lam[: layer.numel()].to(layer) * ordered).sum())
+        terms.append((lam[: layer.numel()].to(layer.dtype) * ordered).sum())
     return torch.stack(terms).sum()

@@ -13,7 +13,7 @@ from torch_moo._validation import Nonfinite, check_count, check_real, check_vect
 from torch_moo.base import Losses
 from torch_moo.descent import JacobianDescent
 from torch_moo.distributed import mean_across_ranks
-from torch_moo.engine import jacobian, objective_roots, strided
+from torch_moo.engine import jacobian, objective_gradients, strided
 from torch_moo.functional._scale import power_of_two, vector_norm
 from torch_moo.functional.curvature import hessian_vector_product
 from torch_moo.functional.krylov import MinresResult, minres
@@ -42,13 +42,17 @@ class ParetoTangentExplorer(JacobianDescent):
     -v^\top (H + \delta I) v / \|v\|`): where the damped Hessian is indefinite and that rate
     comes out positive, the step goes along :math:`+v / \|v\|` instead.
     :meth:`step` takes a closure that re-evaluates the loss vector; it computes :math:`J` and
-    :math:`\alpha` there, solves the system by MINRES
-    (:func:`~torch_moo.functional.minres`, on the parameters' device) with one
-    Hessian-vector product (:func:`~torch_moo.functional.hessian_vector_product`, a double
-    backward of :math:`\sum_i \alpha_i f_i`) per iteration, moves by :math:`s` along
-    :math:`-v / \|v\|`, and then takes ``corrections`` MGDA steps with the base optimizer, each
-    re-evaluating the closure, to return to the front. Memory: the gradients are kept with
-    their graph for the Hessian-vector products, about :math:`k` times a backward pass.
+    :math:`\alpha` there (one backward per objective, without a graph), then takes the gradient
+    of :math:`\sum_i \alpha_i f_i` (:math:`\alpha` held constant) with its graph, one backward,
+    and solves the system by MINRES (:func:`~torch_moo.functional.minres`, on the parameters'
+    device) with one Hessian-vector product
+    (:func:`~torch_moo.functional.hessian_vector_product`, a backward through that one
+    gradient's graph) per iteration. It moves by :math:`s` along :math:`-v / \|v\|` (one
+    ``foreach`` add over the parameters), then takes ``corrections`` MGDA steps with the base
+    optimizer, each re-evaluating the closure, to return to the front. Memory: the forward
+    graph and one gradient graph, about two backward passes' worth whatever :math:`k`. On a
+    GPU a step reads the host once per ``check_every`` MINRES iterations, plus what the rest
+    of the step reads (the losses' finiteness under ``nonfinite="raise"``, the min-norm solve).
 
     It composes the Jacobian engine (:mod:`torch_moo.engine`), the min-norm solve
     (:class:`~torch_moo.weightings.MGDA`, :attr:`weighting`), MINRES and MGDA corrector steps: as a
@@ -74,6 +78,11 @@ class ParetoTangentExplorer(JacobianDescent):
             singular (flat directions of a Pareto set), at some cost in tangency.
         max_iter, tol: MINRES's iteration cap (Hessian-vector products per step) and relative
             residual tolerance.
+        check_every: MINRES iterations between its convergence tests, each a host read on a
+            GPU (see :func:`~torch_moo.functional.minres`); ``None``: every iteration on the
+            CPU, where the read is free, and every 10 elsewhere (5 reads at ``max_iter=50``
+            instead of 50, for at most 9 Hessian-vector products past convergence; the
+            solution is the same).
         corrections: MGDA steps with the base optimizer after each tangent move.
         nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`
             (with ``nonfinite="skip"``, an exploration step whose losses are not finite on some
@@ -106,6 +115,7 @@ class ParetoTangentExplorer(JacobianDescent):
         damping: float = 0.1,
         max_iter: int = 50,
         tol: float = 1e-5,
+        check_every: int | None = None,
         corrections: int = 0,
         nonfinite: Nonfinite = "raise",
         base: type[Optimizer] | Optimizer | None = None,
@@ -115,6 +125,7 @@ class ParetoTangentExplorer(JacobianDescent):
         self.damping = check_real("damping", damping, minimum=0.0)
         self.max_iter = check_count("max_iter", max_iter)
         self.tol = check_real("tol", tol, minimum=0.0, strict=True)
+        self.check_every = None if check_every is None else check_count("check_every", check_every)
         self.corrections = check_count("corrections", corrections, minimum=0)
         builds_sgd = base is torch.optim.SGD or (base is None and not isinstance(params, Optimizer))
         if builds_sgd and "lr" not in base_kwargs:
@@ -182,9 +193,10 @@ class ParetoTangentExplorer(JacobianDescent):
             return losses.detach()
         params = self._params()
         direction = self._tangent(losses, values, params)
+        pieces = direction.split([p.numel() for p in params])
+        pieces = [piece.view_as(p).to(p.dtype) for p, piece in zip(params, pieces)]
         with torch.no_grad():
-            for p, piece in zip(params, direction.split([p.numel() for p in params])):
-                p.add_(piece.view_as(p).to(p.dtype), alpha=-self.step_size)
+            torch._foreach_add_(params, pieces, alpha=-self.step_size)
         for _ in range(self.corrections):
             self.zero_grad()
             with torch.enable_grad():
@@ -194,22 +206,20 @@ class ParetoTangentExplorer(JacobianDescent):
 
     def _tangent(self, losses: Tensor, values: Tensor, params: list[Tensor]) -> Tensor:
         """The unit tangent direction :math:`v / \\|v\\|`, flattened over ``params`` (zeros if :math:`v = 0`)."""
-        rows = [  # dense: a sparse gradient (nn.Embedding(sparse=True)) is densified, differentiably
-            tuple(torch.zeros_like(p) for p in params)
-            if root is None
-            else tuple(
-                map(
-                    strided,
-                    torch.autograd.grad(root, params, create_graph=True, allow_unused=True, materialize_grads=True),
-                )
-            )
-            for root in objective_roots(losses)
-        ]
-        matrix = mean_across_ranks(jacobian([[g.detach() for g in row] for row in rows], params, range(len(params))))
+        # J's rows without a graph (k backward passes that keep the forward graph), then the
+        # gradient of alpha . f with its graph (alpha constant), where every Hessian-vector
+        # product goes back through one gradient graph instead of k.
+        rows = objective_gradients(losses, params, losses.new_ones(()), retain_graph=True)
+        matrix = mean_across_ranks(jacobian(rows, params, range(len(params))))
         # J times s = 2^-e, 2^(e-1) <= max|J| < 2^e (exact, in place): the Gram matrix at unit scale
         exponent = _scale_to_unit_(matrix)
         weights = self._weigh(values)(_unit_gram([matrix], exponent), matrix.dtype)
-        weighted = [sum(w * row[j] for w, row in zip(weights, rows)) for j in range(len(params))]
+        weighted = [  # dense: a sparse gradient (nn.Embedding(sparse=True)) is densified, differentiably
+            strided(g)
+            for g in torch.autograd.grad(
+                weights.to(losses.dtype) @ losses, params, create_graph=True, allow_unused=True, materialize_grads=True
+            )
+        ]
         sizes = [p.numel() for p in params]
 
         linear = not any(g.requires_grad for g in weighted)  # the gradients are constants: H = 0
@@ -226,12 +236,12 @@ class ParetoTangentExplorer(JacobianDescent):
         # scale. s * damping is a tensor: the damping goes into the operator.
         scale = power_of_two(-exponent, matrix)
         rhs = self._beta.to(matrix.dtype) @ matrix
-        solve = minres(
-            lambda vector: scale * (hessian_times(vector) + self.damping * vector),
-            rhs,
-            tol=self.tol,
-            max_iter=self.max_iter,
-        )
+
+        def operator(vector: Tensor) -> Tensor:
+            image = hessian_times(vector)
+            return (image.add(vector, alpha=self.damping) if self.damping else image).mul_(scale)
+
+        solve = minres(operator, rhs, tol=self.tol, max_iter=self.max_iter, check_every=self.check_every)
         self._solve_record.update(solve=solve, rhs_norm=vector_norm(rhs))
         v = solve.solution
         # -v lowers beta^T f to first order where H is positive definite; elsewhere flip it so it does.
@@ -259,5 +269,6 @@ class ParetoTangentExplorer(JacobianDescent):
             "damping": self.damping,
             "max_iter": self.max_iter,
             "tol": self.tol,
+            "check_every": self.check_every,
             "corrections": self.corrections,
         }

@@ -339,7 +339,8 @@ def test_weights_are_constants_for_autograd():
 @pytest.mark.parametrize("k", [1, 2, 3, 6])
 def test_no_host_read_off_the_cpu(k):
     # On the meta device every tensor lacks values, so any .item(), bool() or tensor-valued index
-    # raises: this runs the exact code path of a CUDA call (no early exit) without a GPU.
+    # raises: the fixed-iteration device loop (min_norm_solve(early_exit=False)) runs without a host
+    # read. A CUDA call solves on a host copy instead (tests/unit/test_device_path.py counts it).
     alpha, gap = min_norm_weights(torch.randn(k, k, device="meta"))
     assert alpha.shape == (k,) and gap.shape == () and alpha.device.type == "meta"
 

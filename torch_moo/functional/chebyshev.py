@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from torch_moo.functional.simplex import simplex_threshold
+from torch_moo.functional.simplex import _shifted_threshold, simplex_threshold
 
 __all__ = [
     "MultiplierRule",
@@ -116,9 +116,31 @@ def multiplier_estimate(
     :math:`z = (5 \cdot 10^{29}, 0.3)` the difference :math:`z_1 - \mu t^* = 1` is below the
     spacing of :math:`z_1`, but not of :math:`z_1 - z_{\max} = 0`.
     """
-    shifted = multipliers + penalty * terms
+    return _estimate(multipliers + penalty * terms, rule)
+
+
+def _estimate(shifted: Tensor, rule: MultiplierRule) -> Tensor:
+    r""":func:`multiplier_estimate` from :math:`z = \lambda + \mu g`."""
+    if rule == "phr":  # the projection's threshold is formed on z - z_max already
+        _, relative, threshold = _shifted_threshold(shifted)
+        return relative - threshold
     relative = shifted - shifted.amax(dim=-1, keepdim=True)
     return relative - _threshold(relative, rule)
+
+
+def _linear_map(preference: Tensor, augmentation: float) -> Tensor:
+    r"""The matrix :math:`T` of the linear maps of :func:`chebyshev_terms` and :func:`chebyshev_objective_weights`.
+
+    .. math::
+
+        T_{ji} = k_i (\delta_{ij} + \varepsilon), \qquad g = T^\top (f - a), \qquad
+        \omega \propto T d ,
+
+    for a rule that applies both at every step: one matrix-vector product each, where the
+    elementwise forms take three ops (a kernel launch each on a GPU).
+    """
+    eye = torch.eye(preference.shape[-1], dtype=preference.dtype, device=preference.device)
+    return chebyshev_terms(eye, preference, torch.zeros_like(preference), augmentation)
 
 
 def chebyshev_objective_weights(dual: Tensor, preference: Tensor, augmentation: float) -> Tensor:
@@ -141,7 +163,12 @@ def chebyshev_objective_weights(dual: Tensor, preference: Tensor, augmentation: 
     stay zero.
     """
     raw = preference * dual
-    raw = torch.add(raw, raw.sum(dim=-1, keepdim=True), alpha=augmentation)
-    # |raw_j| <= scale, so the quotient is at most 1 in size (a subnormal scale too); all-zero raw stays 0.
-    scale = raw.abs().sum(dim=-1, keepdim=True)
-    return raw / torch.where(scale > 0, scale, 1.0)
+    return _unit_l1(torch.add(raw, raw.sum(dim=-1, keepdim=True), alpha=augmentation))
+
+
+def _unit_l1(raw: Tensor) -> Tensor:
+    """``raw`` divided by its l1 norm (last dimension); all zeros stay zero."""
+    # |raw_j| <= scale, so the quotient is at most 1 in size (a subnormal scale too); all-zero raw stays 0:
+    # the scale is raised to the least subnormal number at most, which only a zero scale is below.
+    finfo = torch.finfo(raw.dtype)
+    return raw / torch.linalg.vector_norm(raw, 1, dim=-1, keepdim=True).clamp_min(finfo.tiny * finfo.eps)

@@ -27,8 +27,9 @@ def hessian_vector_product(
         H v = \nabla_x \langle \nabla_x f(x), v \rangle,
 
     with :math:`v` held constant (Pearlmutter 1994): a single backward through the graph of the
-    gradient, at a small constant multiple of the cost of a gradient, and no :math:`n \times n`
-    matrix. The gradient must have been computed with ``create_graph=True``; an entry of it
+    gradient, seeded with :math:`v` (the vector-Jacobian product of :math:`\nabla_x f`, so no
+    inner product is formed), at a small constant multiple of the cost of a gradient, and no
+    :math:`n \times n` matrix. The gradient must have been computed with ``create_graph=True``; an entry of it
     that does not require grad is a constant (its rows of :math:`H` are zero), and an input it
     does not depend on gets zeros. The result is a constant (it has no graph of its own).
 
@@ -66,9 +67,12 @@ def hessian_vector_product(
                 f"gradients[{i}] and vector[{i}] must have the shape of inputs[{i}], {tuple(x.shape)}; "
                 f"got {tuple(gradient.shape)} and {tuple(v.shape)}"
             )
-    terms = [(gradient * v.detach()).sum() for gradient, v in zip(gradients, vector) if gradient.requires_grad]
-    if not terms:
+    # <grad f, v> differentiated is the vector-Jacobian product of grad f with v: v seeds the backward
+    # pass directly (grad_outputs), without forming the inner product (two ops per input, a stack, a sum)
+    pairs = [(gradient, v.detach()) for gradient, v in zip(gradients, vector) if gradient.requires_grad]
+    if not pairs:
         raise ValueError("no gradient requires grad: compute them with torch.autograd.grad(..., create_graph=True)")
+    outputs, seeds = zip(*pairs)
     return torch.autograd.grad(
-        torch.stack(terms).sum(), inputs, retain_graph=retain_graph, allow_unused=True, materialize_grads=True
+        outputs, inputs, grad_outputs=seeds, retain_graph=retain_graph, allow_unused=True, materialize_grads=True
     )

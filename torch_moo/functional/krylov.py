@@ -14,10 +14,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from torch_moo._device import reads_are_free
 from torch_moo._validation import check_count, check_real
 from torch_moo.functional._scale import vector_norm
 
 __all__ = ["MinresResult", "minres"]
+
+DEVICE_CHECK_EVERY = 10
+"""``check_every`` off the CPU by default: at most ``ceil(max_iter / 10)`` host reads (5 at 50
+iterations, not 50), for at most 9 operator calls past convergence."""
 
 
 class MinresResult(NamedTuple):
@@ -50,7 +55,7 @@ def minres(
     shift: float = 0.0,
     tol: float = 1e-5,
     max_iter: int = 50,
-    check_every: int = 1,
+    check_every: int | None = None,
 ) -> MinresResult:
     r"""Solve :math:`(A + \sigma I) x = b` for a symmetric operator :math:`A` by MINRES.
 
@@ -77,10 +82,16 @@ def minres(
     :math:`c, c'` from about :math:`10^{-30}` to :math:`10^{30}` (and :math:`c'/c` too),
     :math:`(cA, c'b)` gives the iterates of :math:`(A, b)` times :math:`c'/c` and the same
     iterations (a property test). The only host synchronisation is the convergence test, read
-    every ``check_every`` iterations; between
-    tests a converged iterate is held with masks, so the result is the iterate at convergence
-    whatever ``check_every`` is. On a GPU, ``check_every > 1`` saves synchronisations at the
-    cost of up to ``check_every - 1`` wasted operator calls.
+    every ``check_every`` iterations (one read each); between tests a converged iterate is held
+    with masks, so the result is the iterate at convergence whatever ``check_every`` is. On a
+    GPU, ``check_every > 1`` saves synchronisations at the cost of up to ``check_every - 1``
+    wasted operator calls: by default the test runs every iteration where reading it is free
+    (the CPU) and every 10 elsewhere. There each read drains the launch queue, so the host's
+    launching of the next iteration stops overlapping the device's work (up to about one
+    operator call's time lost per read), while a check skipped costs at most one wasted call
+    after convergence. At 10, a solve that runs to ``max_iter = 50`` (the explorer's usual case)
+    reads 5 times instead of 50, and one that converges earlier makes at most 9 (4.5 on
+    average) calls that change nothing.
 
     It is written here, not taken from ``scipy.sparse.linalg.minres``, because the operator is
     a Hessian-vector product on the device: scipy would copy a vector to the host and back at
@@ -93,7 +104,8 @@ def minres(
         shift: :math:`\sigma`, added to the diagonal (a damping term, say).
         tol: the relative tolerance on the residual norm, > 0.
         max_iter: the most iterations (operator calls), >= 1.
-        check_every: iterations between convergence tests, >= 1.
+        check_every: iterations between convergence tests, >= 1; ``None``: 1 where reading
+            the test is free (:func:`~torch_moo._device.reads_are_free`), else 10.
 
     Returns:
         A :class:`MinresResult` ``(solution, residual_norm, iterations)``.
@@ -123,6 +135,8 @@ def minres(
     shift = check_real("shift", shift)
     tol = check_real("tol", tol, minimum=0.0, strict=True)
     check_count("max_iter", max_iter)
+    if check_every is None:
+        check_every = 1 if reads_are_free(rhs) else DEVICE_CHECK_EVERY
     check_count("check_every", check_every)
 
     zero = rhs.new_zeros(())

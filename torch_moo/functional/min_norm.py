@@ -232,9 +232,12 @@ def min_norm_weights(gram: Tensor, start: Tensor | None = None) -> tuple[Tensor,
     the weights do not depend on the gradients' common scale) plus a ridge of :math:`10^{-13}`
     (which keeps duplicate and nearly duplicate gradients well posed). Its iterations solve the bordered
     system :math:`[[G_{SS}, 1], [1^\top, 0]]` of the current support :math:`S` with masks
-    instead of indexing, and ``torch.linalg.solve_ex`` instead of ``solve``, so they stay on the
-    device without a host synchronisation: a fixed number of iterations runs there, no-ops once
-    optimal, while on the CPU the loop stops as soon as it is optimal.
+    instead of indexing, and ``torch.linalg.solve_ex`` instead of ``solve``, so they can stay on
+    the device without a host synchronisation (:func:`min_norm_solve` with ``early_exit=False``:
+    a fixed number of iterations, no-ops once optimal). On the CPU the loop stops as soon as it
+    is optimal. On an accelerator the :math:`k \times k` problem is copied to the host and solved
+    there the same way, the result sent back without waiting: one synchronisation per call,
+    instead of the fixed loop's thousands of kernel launches (see :func:`min_norm_solve`).
 
     It is written here because MGDA needs it on the device at every step: PyTorch has no QP
     solver (nor a simplex-constrained least-squares op); cvxpy, OSQP and quadprog run on the
@@ -248,9 +251,9 @@ def min_norm_weights(gram: Tensor, start: Tensor | None = None) -> tuple[Tensor,
         gram: the :math:`k \times k` Gram matrix :math:`J J^\top` of the :math:`k` objectives'
             gradients, floating point (float32 or float64), on any device.
         start: optional weights to start from, shape ``(k,)``, such as the previous training
-            step's: on the CPU, for :math:`k \ge 3`, Wolfe's method then begins with their support,
-            which usually holds already or nearly, so it takes one or two iterations instead of
-            about :math:`k` (elsewhere all iterations run anyway, and it is ignored). Negative and
+            step's: for :math:`k \ge 3`, Wolfe's method then begins with their support, which
+            usually holds already or nearly, so it takes one or two iterations instead of about
+            :math:`k` (the fixed device loop, ``early_exit=False``, ignores it). Negative and
             non-finite entries count as 0 and the rest is normalised (all zero: the default
             start). The optimum is the same; should the warm run stop short of it (rounding in a
             nearly singular corral), the solve is repeated from the default start.
@@ -284,9 +287,22 @@ def min_norm_solve(gram: Tensor, start: Tensor | None = None, *, early_exit: boo
     Args:
         gram, start: as for :func:`min_norm_weights`.
         early_exit: stop Wolfe's loop as soon as it is optimal, which reads a flag on the host at
-            every iteration; ``None`` (the default) does so on the CPU only, where that read is
-            free. ``False`` runs the fixed iteration count with no host read, as on a GPU (the
-            warm start is then ignored): the device path, on the CPU too.
+            every iteration (``True``). ``None`` (the default): on the CPU, that; elsewhere, the
+            same solve on a host copy (one synchronisation, see below). ``False`` runs the fixed
+            iteration count on the device with no host read (the warm start is then ignored):
+            the loop to capture in a CUDA graph, on the CPU too.
+
+    Off the CPU, by default, :math:`G` and ``start`` are packed into one float64 buffer (exact
+    for every floating dtype) and copied to the host, which waits for the work that produces
+    them: the one synchronisation. There the solve is the CPU's, with early exit and the warm
+    start, and the result (weights, gap and the stop flag) goes back in one non-blocking copy.
+    Why: the device loop runs all :math:`4k + 10` iterations of about 50 small ops each, about
+    3,900 kernel launches for :math:`k = 16` (milliseconds of launch overhead), and cannot use
+    the warm start, while the host solve takes one or two iterations of microseconds. What a GPU
+    could do instead is replay the fixed loop as a CUDA graph (one launch, no synchronisation,
+    but every iteration runs and the buffers must be static); for an eager training loop the
+    host solve is cheaper. Under ``torch_moo._device.device_path()`` the CPU takes this path too;
+    on the meta device (shapes without values) the default is the device loop.
 
     Returns:
         A :class:`MinNormSolution`: ``(weights, gap, iterations, stopped)``.
@@ -295,5 +311,26 @@ def min_norm_solve(gram: Tensor, start: Tensor | None = None, *, early_exit: boo
     if start is not None and (not isinstance(start, Tensor) or start.shape != (gram.shape[0],)):
         raise ValueError(f"start must be a tensor of shape ({gram.shape[0]},), got {getattr(start, 'shape', start)!r}")
     if early_exit is None:
-        early_exit = reads_are_free(gram)
+        if reads_are_free(gram):
+            return _min_norm(gram, True, start)
+        if gram.device.type != "meta":  # a meta tensor has no values to copy: its shapes come from the loop
+            return _min_norm_on_host(gram, start)
+        early_exit = False
     return _min_norm(gram, early_exit=bool(early_exit), start=start)
+
+
+def _min_norm_on_host(gram: Tensor, start: Tensor | None) -> MinNormSolution:
+    """:func:`_min_norm` with early exit on a host copy of ``gram`` and ``start`` (one synchronisation), the
+    result sent back to ``gram``'s device without waiting; see :func:`min_norm_solve`. The solution is the
+    CPU's: the same arithmetic on the same values."""
+    k = gram.shape[-1]
+    pieces = [gram.detach().reshape(-1).to(torch.float64)]
+    if start is not None:
+        pieces.append(start.detach().to(gram.device, torch.float64))
+    host = torch.cat(pieces).to("cpu", copy=True)  # the one synchronisation
+    solution = _min_norm(
+        host[: k * k].view(k, k).to(gram.dtype), True, None if start is None else host[k * k :].to(start.dtype)
+    )
+    packed = torch.cat((solution.weights, solution.gap.reshape(1), solution.stopped.reshape(1).to(gram.dtype)))
+    sent = gram.new_empty(k + 2).copy_(packed, non_blocking=True)
+    return MinNormSolution(sent[:k], sent[k], solution.iterations, sent[k + 1] > 0)

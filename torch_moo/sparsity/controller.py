@@ -103,6 +103,11 @@ class SparsityController:
     topology update); ties in every score are broken by index, so equal scores give equal masks.
     The threshold rule needs no communication: under DDP the weights are equal on every rank.
 
+    On an accelerator no step waits for the device (no host read, topology updates included: the
+    controller keeps each layer's active count); between updates a step adds two foreach
+    multiplications, the threshold rule six more foreach ops.
+    Each mask stays on its parameter's device.
+
     ``copy.deepcopy((model, optimizer, controller))`` (or pickling the three together) gives a
     copy whose controller masks the copied model through the copied optimizer's steps, as the
     original does. Copied alone, an optimizer keeps no hooks (as in torch.optim), so no
@@ -146,6 +151,9 @@ class SparsityController:
         >>> round(sparse.sparsity(), 3)
         0.75
     """
+
+    _boolean: list[Tensor]  # the masks (read through _masks)
+    _kept: list[Tensor] | None  # the threshold rule's newest masks as float multipliers, until _masks is read
 
     def __init__(
         self,
@@ -242,12 +250,23 @@ class SparsityController:
             None if self.regrow is None else [torch.zeros_like(m, dtype=torch.int32) for m in self._masks]
         )
         if state_dict is None:
-            self._masks = broadcast_from_first(self._masks)
+            self._masks = _broadcast(self._masks)
             self._apply_topology(previous=None)
         else:
             self.load_state_dict(state_dict)
         self._wrapper = optimizer  # the optimizer given: a torch_moo optimizer, or self._optimizer itself
         self._attach()
+
+    @property
+    def _masks(self) -> list[Tensor]:
+        """The boolean unit masks; after a threshold step, made from its float masks when first read."""
+        if self._kept is not None:
+            self._boolean, self._kept = [k > 0 for k in self._kept], None
+        return self._boolean
+
+    @_masks.setter
+    def _masks(self, masks: list[Tensor]) -> None:
+        self._boolean, self._kept = masks, None
 
     def _attach(self) -> None:
         """Register the step hooks (at construction, and on a copy: see :meth:`__setstate__`)."""
@@ -315,14 +334,33 @@ class SparsityController:
     def _post_step(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
         torch._foreach_mul_(self._params, self._multipliers)
         if self.threshold is not None:
-            previous = self._masks
-            self._masks = [
-                m & (unit_norms(p, self.structure, layout) > self.threshold)
-                for p, layout, m in zip(self._params, self._layouts, previous)
-            ]
-            self._apply_topology(previous)
+            self._prune_below(self.threshold)
         self.step_count += 1
         self._prepared = False
+
+    def _prune_below(self, threshold: float) -> None:
+        r"""Prune the units of magnitude at most ``threshold``, in foreach ops: for element masks a fixed
+        number of launches, whatever the number of parameters.
+
+        The weights are masked already, so a pruned unit has magnitude 0 and stays pruned; the new
+        masks, as the multipliers :math:`\max(\operatorname{sign}(\|w_j\| - \tau), 0) = [\|w_j\| > \tau]`
+        (a NaN unit is pruned: its sign is 0), multiply the weights and their optimizer state. The
+        boolean masks are made from them when next read (:meth:`state_dict`, :meth:`sparsity`, ...).
+        """
+        if self.structure == "element":
+            kept = list(torch._foreach_abs([p.float() for p in self._params]))
+        else:
+            kept = [unit_norms(p, self.structure, layout) for p, layout in zip(self._params, self._layouts)]
+        torch._foreach_sub_(kept, threshold)
+        torch._foreach_sign_(kept)
+        torch._foreach_clamp_min_(kept, 0.0)
+        self._multipliers = [
+            expand(k, p.shape, self.structure, layout).to(p.dtype)
+            for p, layout, k in zip(self._params, self._layouts, kept)
+        ]
+        torch._foreach_mul_(self._params, self._multipliers)
+        self._reset_state(self._multipliers)
+        self._kept = kept
 
     # --------------------------------------------------------------------------- topology
     def _update_due(self) -> bool:
@@ -352,9 +390,10 @@ class SparsityController:
             ):
                 counted.append(active_updates + m)
                 growth = self._growth(p, layout, counted[-1], t)
-                masks.append(drop_and_grow(m, unit_norms(p, self.structure, layout), growth, int(fraction * active)))
+                magnitude = unit_norms(p, self.structure, layout)
+                masks.append(drop_and_grow(m, magnitude, growth, int(fraction * active), active))
             self._masks, self._active_updates = masks, counted
-        self._masks = broadcast_from_first(self._masks)
+        self._masks = _broadcast(self._masks)
         self._apply_topology(previous)
 
     def _growth(self, param: Tensor, layout: Layout, active_updates: Tensor, step: int) -> Tensor:
@@ -373,17 +412,37 @@ class SparsityController:
     @torch.no_grad()
     def _apply_topology(self, previous: list[Tensor] | None) -> None:
         """Rebuild the multipliers, zero pruned weights and reset optimizer state of changed units."""
+        masks = self._masks
         self._multipliers = [
             expand(m, p.shape, self.structure, layout).to(p.dtype)
-            for p, layout, m in zip(self._params, self._layouts, self._masks)
+            for p, layout, m in zip(self._params, self._layouts, masks)
         ]
-        for index, (p, layout, m) in enumerate(zip(self._params, self._layouts, self._masks)):
-            keep = expand(m if previous is None else m & previous[index], p.shape, self.structure, layout)
-            p.masked_fill_(~expand(m, p.shape, self.structure, layout), 0)
+        torch._foreach_mul_(self._params, self._multipliers)
+        if previous is None:
+            self._reset_state(self._multipliers)
+        else:
+            self._reset_state(
+                [
+                    expand(m & before, p.shape, self.structure, layout).to(p.dtype)
+                    for p, layout, m, before in zip(self._params, self._layouts, masks, previous)
+                ]
+            )
+
+    def _reset_state(self, keeps: list[Tensor]) -> None:
+        """Zero the optimizer state where ``keeps`` (one multiplier per parameter) is 0: every state tensor
+        shaped like its parameter (the base's) or ``k`` times it (per objective: JacobianDescent's moments),
+        floating ones in one foreach multiplication."""
+        values, multipliers = [], []
+        for p, keep in zip(self._params, keeps):
             for value in self._optimizer.state.get(p, {}).values():
-                # the base's state (p's shape) and per-objective state (k x p's shape, JacobianDescent's moments)
                 if isinstance(value, Tensor) and value.dim() - p.dim() in (0, 1) and value.shape[-p.dim() :] == p.shape:
-                    value.masked_fill_(~keep, 0)
+                    if value.is_floating_point():
+                        values.append(value)
+                        multipliers.append(keep)
+                    else:
+                        value.masked_fill_(keep == 0, 0)
+        if values:
+            torch._foreach_mul_(values, multipliers)
 
     def _counts(self, sparsity: float) -> list[int]:
         shapes = [p.shape for p in self._params]
@@ -417,14 +476,14 @@ class SparsityController:
 
     def sparsity(self) -> float:
         """The fraction of pruned units over all masked parameters (a host synchronisation; for logging)."""
-        return 1.0 - float(sum(m.sum() for m in self._masks)) / sum(m.numel() for m in self._masks)
+        return 1.0 - _total([m.sum() for m in self._masks]) / sum(m.numel() for m in self._masks)
 
     def coverage(self) -> float:
         """The fraction of units ever active since the controller attached (dynamic sparse training only)."""
         if self._active_updates is None:
             raise RuntimeError("coverage() is tracked by dynamic sparse training; this controller has regrow=None")
-        ever = sum(((n > 0) | m).sum() for n, m in zip(self._active_updates, self._masks))
-        return float(ever) / sum(m.numel() for m in self._masks)
+        ever = _total([((n > 0) | m).sum() for n, m in zip(self._active_updates, self._masks)])
+        return ever / sum(m.numel() for m in self._masks)
 
     def export(self, *, layout: torch.layout = torch.sparse_csr, min_sparsity: float = 0.9) -> nn.Module:
         """A copy of ``model`` for inference whose sparse linear layers run on ``torch.sparse`` (see
@@ -578,6 +637,23 @@ class SparsityController:
             f"SparsityController({len(self._params)} parameters, {mode}, "
             f"structure={self.structure!r}, step={self.step_count})"
         )
+
+
+def _broadcast(masks: list[Tensor]) -> list[Tensor]:
+    """Rank 0's masks (under :mod:`torch.distributed`), one broadcast per device: each stays on its parameter's."""
+    received = list(masks)
+    by_device: dict[torch.device, list[int]] = {}
+    for index, mask in enumerate(masks):
+        by_device.setdefault(mask.device, []).append(index)
+    for indices in by_device.values():
+        for index, mask in zip(indices, broadcast_from_first([masks[i] for i in indices])):
+            received[index] = mask
+    return received
+
+
+def _total(counts: list[Tensor]) -> float:
+    """The sum of 0-d tensors on any devices, in one host read."""
+    return float(torch.stack([count.to(counts[0].device) for count in counts]).sum())
 
 
 def _fraction(name: str, value: object, *, upper: float = 1.0, closed: bool = False) -> float:

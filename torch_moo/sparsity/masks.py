@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from torch_moo._device import reads_are_free
 from torch_moo._layout import DENSE, Layout, expand_units, unit_axis, unit_count, units_first
 
 __all__ = [
@@ -57,12 +58,21 @@ def expand(units: Tensor, shape: torch.Size, structure: str, layout: Layout = DE
 
 
 def top_count(scores: Tensor, count: int) -> Tensor:
-    """Boolean mask of the ``count`` largest scores; ties go to the lower flat index, NaN ranks last.
+    r"""Boolean mask of the ``count`` largest scores; ties go to the lower flat index, NaN ranks last.
 
     Deterministic, so every rank that sees the same scores picks the same units. A selection
-    (``kthvalue``) finds the ``count``-th largest score and a cumulative sum breaks the ties at
-    it, in linear time and without a host synchronisation; a full stable sort does the same
-    in :math:`O(n \\log n)` and was several times slower on a 784x512 layer.
+    finds the ``count``-th largest score :math:`\tau` and a cumulative sum breaks the ties at it,
+    without a host synchronisation:
+
+    .. math::
+
+        m_j = [s_j > \tau] \lor \big([s_j = \tau] \land \#\{i \le j : s_i = \tau\}
+        \le k - \#\{i : s_i > \tau\}\big).
+
+    On the CPU the selection is ``kthvalue`` (linear time; a full stable sort was several times
+    slower on a 784x512 layer); on an accelerator it is ``topk`` of the smaller side, since
+    ``kthvalue`` runs one long slice in a single block on CUDA (pytorch issue 75599). Both
+    return the same :math:`\tau`, a value of ``scores``, so the masks are identical.
 
     Example:
         >>> top_count(torch.tensor([0.5, 2.0, 0.5, 1.0]), 2)
@@ -71,16 +81,22 @@ def top_count(scores: Tensor, count: int) -> Tensor:
         tensor([ True,  True, False,  True])
     """
     flat = torch.nan_to_num(scores.flatten().float(), nan=-math.inf)
-    if count <= 0 or count >= flat.numel():
+    size = flat.numel()
+    if count <= 0 or count >= size:
         return torch.full_like(scores, count > 0, dtype=torch.bool)
-    threshold = torch.kthvalue(flat, flat.numel() - count + 1).values
+    if reads_are_free(flat):
+        threshold = torch.kthvalue(flat, size - count + 1).values
+    elif 2 * count <= size:  # the smallest of the count largest
+        threshold = torch.topk(flat, count, sorted=False).values.min()
+    else:  # the largest of the size - count + 1 smallest
+        threshold = torch.topk(flat, size - count + 1, largest=False, sorted=False).values.max()
     above = flat > threshold
     ties = flat == threshold
     mask = above | (ties & (ties.cumsum(0) <= count - above.sum()))
     return mask.view_as(scores)
 
 
-def drop_and_grow(mask: Tensor, magnitude: Tensor, growth: Tensor, count: int) -> Tensor:
+def drop_and_grow(mask: Tensor, magnitude: Tensor, growth: Tensor, count: int, active: int | None = None) -> Tensor:
     r"""One topology update at a constant active count.
 
     The ``count`` active units of smallest ``magnitude`` are dropped; then the ``count``
@@ -92,13 +108,16 @@ def drop_and_grow(mask: Tensor, magnitude: Tensor, growth: Tensor, count: int) -
         magnitude: the drop score of each unit (its weight magnitude).
         growth: the growth score of each unit (random, gradient magnitude, or with a bonus).
         count: how many to drop and grow; at most the number of active units.
+        active: the number of active units of ``mask``, where the caller keeps it; by default it
+            is counted, a host synchronisation.
 
     Example:
         >>> mask = torch.tensor([True, True, False, False])
         >>> drop_and_grow(mask, torch.tensor([0.1, 0.9, 0.0, 0.0]), torch.tensor([0.0, 0.0, 0.2, 0.7]), 1)
         tensor([False,  True, False,  True])
     """
-    active = int(mask.sum())  # a host synchronisation, once per update (every ``update_every`` steps)
+    if active is None:
+        active = int(mask.sum())
     survivors = top_count(torch.where(mask, magnitude.float(), -math.inf), active - count)
     grown = top_count(torch.where(survivors, -math.inf, growth.float()), count)
     return survivors | grown

@@ -39,8 +39,7 @@ class PeriodMean(LossWeighting):
 
     def update(self) -> None:
         super().update()
-        self.loss_sum.zero_()
-        self.loss_count.zero_()
+        torch._foreach_zero_([self.loss_sum, self.loss_count])  # one launch for both (same dtype and device)
 
     def state_rules(self, state: dict[str, Any]) -> Rules:
         return {
@@ -55,7 +54,7 @@ def masked_add(total: Tensor, count: Tensor, value: Tensor, finite: Tensor | Non
         total.add_(value)
         count.add_(1)
     else:
-        total.add_(torch.where(finite, value, 0.0))
+        total.add_(torch.where(finite, value, finite))  # finite is False (0) where it is not taken
         count.add_(finite)
 
 

@@ -9,12 +9,7 @@ import torch
 from torch import Tensor
 
 from torch_moo._validation import check_choice, check_count, check_real, check_vector, whole_numbers
-from torch_moo.functional.chebyshev import (
-    MultiplierRule,
-    chebyshev_objective_weights,
-    chebyshev_terms,
-    multiplier_estimate,
-)
+from torch_moo.functional.chebyshev import MultiplierRule, _estimate, _linear_map, _unit_l1
 from torch_moo.weightings._base import LossWeighting, Rules
 from torch_moo.weightings._steps import masked_add
 
@@ -47,6 +42,7 @@ class ChebyshevLagrangian(LossWeighting):
     ideal: Tensor
     preference: Tensor
     reference: Tensor
+    linear_map: Tensor
 
     def __init__(
         self,
@@ -82,11 +78,15 @@ class ChebyshevLagrangian(LossWeighting):
         fixed = reference if isinstance(reference, Tensor) else torch.zeros(num_objectives)  # None or "ideal": zeros
         self.register_buffer("preference", given / given.sum(), persistent=False)
         self.register_buffer("reference", fixed, persistent=False)
+        # g = T^T (f - a) and the weights' T d (see _linear_map): a matrix-vector product each per step
+        self.register_buffer("linear_map", _linear_map(self.preference.double(), self.augmentation), persistent=False)
+        self._shifts = reference is not None  # whether f - a differs from f (a fixed non-zero point or "ideal")
         self.register_buffer("multipliers", torch.full((num_objectives,), 1.0 / num_objectives))
         self.register_buffer("penalty", torch.tensor(penalty))
         self.register_buffer("estimate_sum", torch.zeros(num_objectives, dtype=torch.float64))
         self.register_buffer("estimate_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("ideal", torch.full((num_objectives,), float("inf")))
+        self._last: tuple[Tensor, Tensor] | None = None  # (loss values, their estimate) of the last forward
 
     def reference_point(self) -> Tensor:
         """The reference point :math:`a` (a copy): fixed, or the running ideal point."""
@@ -94,25 +94,33 @@ class ChebyshevLagrangian(LossWeighting):
 
     def forward(self, losses: Tensor) -> Tensor:
         dual = self._estimate(losses)
+        self._last = (losses, dual)
         if self.multiplier_update == "phr":
             dual = dual.clamp_min(0)
-        return chebyshev_objective_weights(dual, self.preference, self.augmentation).to(losses.dtype)
+        # chebyshev_objective_weights(dual, preference, augmentation)
+        return _unit_l1(self.linear_map @ dual).to(losses.dtype)
 
     def _estimate(self, values: Tensor) -> Tensor:
-        """The multiplier estimate in float64 (the float32 state and values promote exactly)."""
-        values = values.to(torch.float64)
-        reference = torch.minimum(self.ideal, values) if self.tracks_ideal else self.reference
-        terms = chebyshev_terms(values, self.preference, reference, self.augmentation)
-        return multiplier_estimate(terms, self.multipliers, self.penalty, self.multiplier_update)
+        """:func:`~torch_moo.functional.multiplier_estimate` of the terms :func:`~torch_moo.functional.chebyshev_terms`
+        in float64 (the float32 state and values promote exactly)."""
+        gaps = values.to(torch.float64)
+        if self._shifts:
+            gaps = gaps - (torch.minimum(self.ideal, gaps) if self.tracks_ideal else self.reference)
+        return _estimate(torch.addcmul(self.multipliers, self.penalty, gaps @ self.linear_map), self.multiplier_update)
 
     def record(self, losses: Tensor, finite: Tensor | None) -> None:
-        masked_add(self.estimate_sum, self.estimate_count, self._estimate(losses), finite)
+        # A step of one backward records the values its forward weighed, under the same state (only
+        # update() and a load change it, and they drop the pair): its estimate is taken, not recomputed.
+        last, self._last = self._last, None
+        estimate = last[1] if last is not None and last[0] is losses else self._estimate(losses)
+        masked_add(self.estimate_sum, self.estimate_count, estimate, finite)
         if self.tracks_ideal:
             seen = losses if finite is None else torch.where(finite, losses, self.ideal)
             torch.minimum(self.ideal, seen, out=self.ideal)
 
     def apply_update(self) -> None:
         r"""The outer update; see :meth:`~torch_moo.ChebyshevALM.outer_step`. A no-op without a finite step."""
+        self._last = None
         count = self.estimate_count
         if self.multiplier_update == "phr":
             updated = (self.estimate_sum / count.clamp_min(1)).clamp_min(0)
@@ -126,6 +134,10 @@ class ChebyshevLagrangian(LossWeighting):
         self.penalty.copy_(torch.where(taken, grown, self.penalty))
         self.estimate_sum.zero_()
         self.estimate_count.zero_()
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        self._last = None
+        super().load_method_state(state)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -61,14 +61,18 @@ class MinMax(PeriodMean):
 
     def apply_update(self) -> None:
         """One ascent step with the mean losses since the last update; a no-op without a finite step."""
-        ascent = self.mean() - self.gamma * (self.task_weights - 1.0 / self.num_objectives)
+        # w + eta (mean - gamma (w - 1/K)) (log w for the mirror step) less the common shift eta gamma / K,
+        # which neither the projection nor the softmax sees: two fused ops, in float64
+        weights, eta = self.task_weights, self.ascent_step
+        start = weights if self.ascent == "projected" else weights.log()
+        moved = torch.addcdiv(start, self.loss_sum, self.loss_count.clamp_min(1), value=eta)
+        moved = torch.add(moved, weights, alpha=-eta * self.gamma)
         if self.ascent == "projected":
-            updated = project_simplex(self.task_weights + self.ascent_step * ascent)
+            updated = project_simplex(moved)
         else:
             # kept >= the smallest normal number: a weight that underflowed to 0 (log 0 = -inf)
             # would switch its task off for good, where exact arithmetic only makes it small
-            updated = torch.softmax(self.task_weights.log() + self.ascent_step * ascent, dim=-1)
-            updated = updated.clamp_min(torch.finfo(self.task_weights.dtype).tiny)
+            updated = torch.softmax(moved, dim=-1).clamp_min(torch.finfo(weights.dtype).tiny)
         self.task_weights.copy_(torch.where(self.loss_count > 0, updated, self.task_weights))
 
     def config(self) -> dict[str, Any]:
