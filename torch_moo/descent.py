@@ -74,6 +74,10 @@ class JacobianDescent(MultiObjectiveOptimizer):
             Jacobian path always.
         nonfinite, base, base_kwargs: see :class:`~torch_moo.MultiObjectiveOptimizer`.
 
+    Raises:
+        ValueError: parameters on several devices (model parallelism): the objectives' gradients
+            are rows of one matrix on one device; the loss-space methods take such models.
+
     Example:
         >>> from torch_moo.weightings import UPGrad
         >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(torch.nn.Linear(8, 1) for _ in range(2))
@@ -118,6 +122,13 @@ class JacobianDescent(MultiObjectiveOptimizer):
         super().__init__(
             params, num_objectives=num_objectives, weighting=weighting, nonfinite=nonfinite, base=base, **base_kwargs
         )
+        devices = sorted({str(p.device) for p in self._params()})
+        if len(devices) > 1:
+            raise ValueError(
+                f"{type(self).__name__} needs its parameters on one device, got {', '.join(devices)}: the "
+                "objectives' gradients are combined as rows of one matrix (a loss-space method, such as "
+                "WeightedLossDescent, takes parameters on several devices)"
+            )
         self._stationarity = torch.zeros((), dtype=torch.float64, device=self._device)
         self._gramian = None if trunk is None else GramianEngine(trunk)
 

@@ -215,3 +215,12 @@ def test_a_large_batch_takes_the_jacobian_path_and_a_scaler_does_not_change_the_
     torch.testing.assert_close(scaled[0], plain[0], rtol=1e-6, atol=0)
     for ours, reference in zip(scaled[1], plain[1]):
         torch.testing.assert_close(ours, reference * 2.0**12, rtol=1e-5, atol=1e-6)
+
+
+def test_parameters_on_two_devices_are_refused_by_gradient_space_methods_and_taken_by_loss_space_ones():
+    # "meta" stands in for a second device: the check reads devices, not values
+    here, there = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2, device="meta"))
+    for cls, options in ((tm.MultiGradientDescent, {}), (tm.JacobianDescent, {"weighting": weightings.UPGrad()})):
+        with pytest.raises(ValueError, match=r"needs its parameters on one device, got cpu, meta"):
+            cls([here, there], num_objectives=2, **options)
+    tm.WeightedLossDescent([here, there], num_objectives=2, weighting=weightings.Mean())
