@@ -27,7 +27,8 @@ class MGDA(GramWeighting):
 
     solved exactly by :func:`~torch_moo.functional.min_norm_weights` (off the CPU on a host copy
     of the :math:`k \times k` matrix: one synchronisation), each call warm-started from the
-    previous solution (fewer iterations, the same optimum); :math:`S` is the normalisation of :func:`~torch_moo.functional.normalized_gram`.
+    previous solution (fewer iterations, the same optimum); :math:`S` is the normalisation of
+    :func:`~torch_moo.functional.normalized_gram`.
     With ``normalization="none"`` :math:`J^\top w` decreases every objective and vanishes
     exactly at a Pareto-stationary point. Invariant to :math:`G \to cG` (``"none"``, ``"l2"``).
     :attr:`gap` is the solver's duality gap at the last call (float64; 0 at the exact solution).
