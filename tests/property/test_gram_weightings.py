@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from unittest import mock
 
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from torch_moo._device import device_path
+from torch_moo.weightings import _dual_cone
 from torch_moo.weightings._dual_cone import project_dual_cone
 from torch_moo.weightings.aligned_mtl import AlignedMTL
 from torch_moo.weightings.cagrad import CAGrad
@@ -186,6 +189,36 @@ def test_the_dual_cone_solver_off_the_cpu_path_gives_the_same_weights(problem):
     u = torch.eye(gram.shape[0], dtype=torch.float64)
     # The same iterations, run to the fixed cap without reading the stop flag: no-ops after the stop.
     assert torch.equal(project_dual_cone(gram, u, 1e-4, early_exit=False), project_dual_cone(gram, u, 1e-4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(jacobians(), st.sampled_from([1e-4, 1e-10]))
+def test_upgrad_and_dualproj_give_the_same_weights_on_the_device_path(problem, reg_eps):
+    _, jacobian = problem
+    gram = jacobian @ jacobian.T
+    for rule in (UPGrad(reg_eps=reg_eps), DualProj(reg_eps=reg_eps)):
+        on_the_cpu = rule(gram)
+        host = AssertionError("the device path solved on the host")
+        with device_path(), mock.patch.object(_dual_cone, "_solve_on_host", side_effect=host):
+            on_the_device = rule(gram)
+        # The same iterations from the same start with the same Cholesky solves, no-ops after the stop:
+        # the same passive sets give the same bits (both paths' tests flip only within rounding of the tolerance).
+        assert torch.equal(on_the_device, on_the_cpu)
+
+
+def test_the_host_solver_drops_solved_problems_and_starts_from_the_violated_constraints():
+    # Nearly orthogonal gradients (k = 12, n = 4096): the violated constraints at v = u are nearly the
+    # solution's active sets; one batched solve settles 11 of the 12 problems, the last one needs one more.
+    jacobian = torch.randn(12, 4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gram = jacobian @ jacobian.T
+    batches = []
+    solve = _dual_cone._passive_minimiser
+    with mock.patch.object(
+        _dual_cone, "_passive_minimiser", side_effect=lambda *a: batches.append(len(a[0])) or solve(*a)
+    ):
+        weights = UPGrad()(gram)
+    assert batches == [12, 1]
+    assert torch.equal(weights, UPGrad()(gram))
 
 
 @settings(max_examples=100, deadline=None)
