@@ -21,11 +21,11 @@ def binary_exponent(tensors: Sequence[Tensor]) -> Tensor:
     Clamped to the dtype's normal exponents (:math:`\pm 125` for float32, whose largest values
     have :math:`e = 128`), so that :math:`2^{-e}` and the entries scaled by it stay normal
     numbers; 0 when there are no entries. An int32 scalar on the device, no host
-    synchronisation; the infinity norm reads each tensor once in one reduction, without an
-    ``abs`` copy (two ops per tensor, with ``frexp``). Non-finite entries give some exponent;
-    scaled, they stay non-finite.
+    synchronisation; ``aminmax`` reads each tensor once, without an ``abs`` copy (on the CPU the
+    infinity norm, one op fewer, took 5x as long on a 16 x 665k Jacobian). Non-finite entries give
+    some exponent; scaled, they stay non-finite.
     """
-    exponents = [torch.frexp(torch.linalg.vector_norm(x.detach(), math.inf)).exponent for x in tensors if x.numel()]
+    exponents = [torch.frexp(torch.stack(x.detach().aminmax()).abs().amax()).exponent for x in tensors if x.numel()]
     if not exponents:
         return torch.zeros((), dtype=torch.int32, device=tensors[0].device)
     limit = -math.frexp(torch.finfo(tensors[0].dtype).tiny)[1]
