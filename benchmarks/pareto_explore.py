@@ -14,6 +14,9 @@ README's "Pareto exploration" section):
   schedule, ``--start-steps`` steps), then :func:`torch_moo.exploration.explore` from each
   start along :math:`\\beta = e_1` and :math:`e_2` for ``--explore-steps`` steps. Its budget
   includes the starts' training.
+* **continuation**: :func:`torch_moo.continuation.continue_front` from the same starts, given
+  the exploration's budget less the starts' training (units counted by the continuation itself,
+  same cost model).
 * **weighted sum**: Adam on :math:`w^\\top L`, :math:`w` the interior points of
   :func:`~torch_moo.pareto.simplex_lattice` (``n`` runs, the budget split evenly among them).
 * **ChebyshevALM**: :class:`torch_moo.ChebyshevALM` with the same preferences, base Adam,
@@ -29,12 +32,18 @@ model can be checked against this machine.
 
     python benchmarks/pareto_explore.py            # the README's table, about 3-6 min on 2 cores
     python benchmarks/pareto_explore.py --quick    # smoke check, seconds
+
+``--problem regression`` runs the concave front of :func:`torch_moo.problems.two_task_regression`
+instead: the continuation from one start, the weighted-sum and ChebyshevALM sweeps at the units
+it spent, and NSGA-II from pymoo (the ``bench`` extra; skipped without it) on the same
+objectives with its own count of forward evaluations; hypervolume and IGD to the true front.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -45,9 +54,11 @@ from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
 
 import torch_moo as tm
+from torch_moo.continuation import continue_front
 from torch_moo.datasets import TwoDigits, TwoHeadMLP
 from torch_moo.exploration import ExploredPoint, explore
-from torch_moo.pareto import hypervolume, non_dominated, simplex_lattice, sweep
+from torch_moo.pareto import hypervolume, igd, non_dominated, simplex_lattice, sweep
+from torch_moo.problems import two_task_regression
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PLOT = HERE.parent / "docs" / "_static" / "pareto_explore.png"
@@ -210,6 +221,132 @@ def run_explore(args, train_data, test_data) -> tuple[Result, Recorder, list]:
     return result, recorder, starts, alone
 
 
+def run_continuation(args, budget: int, starts: list[nn.Module], train_data, test_data) -> Result:
+    """continue_front from the explorer's starts, given what is left of ``budget`` after their training."""
+    start_cost = len(starts) * args.start_steps
+    begin = time.perf_counter()
+    points = continue_front(
+        starts,
+        lambda model: loss_vector(model, train_data),
+        budget=budget - start_cost,
+        tol=args.continuation_tol,
+        step_size=args.step_size,
+        min_step=args.step_size / 16,
+        max_step=4 * args.step_size,
+        corrections=args.continuation_corrections,
+        damping=args.continuation_damping,
+        solve_tol=args.solve_tol,
+        max_iter=args.max_iter,
+    )
+    seconds = time.perf_counter() - begin
+    accepted = [p for p in points if p.accepted]
+    used = sum(p.cost for p in points)
+    residuals = sorted(p.kkt_residual for p in accepted)
+    result = Result(
+        f"continuation ({len(starts)} starts, {len(points)} tried)",
+        budget=start_cost + used,
+        seconds=seconds,
+        note=f"{len(accepted)} accepted of {len(points)}; {used} units ({sum(p.hvps for p in points)} HVPs); "
+        f"relative KKT residual of accepted points median {residuals[len(residuals) // 2]:.1e}, "
+        f"max {residuals[-1]:.1e}; {seconds:.1f} s",
+    )
+    probe = fresh_model(args)
+    result.train = [p.values.tolist() for p in accepted]
+    result.test = [evaluate(probe, p.state, test_data) for p in accepted]
+    return result
+
+
+def regression_benchmark(args) -> None:
+    """The concave front of two_task_regression: continuation, the sweeps and NSGA-II (pymoo)."""
+    problem = two_task_regression(separation=args.separation)
+    features = problem.optima.shape[1]
+
+    class Weight(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            generator = torch.Generator().manual_seed(args.seed)
+            self.w = nn.Parameter(
+                problem.optima.mean(dim=0)
+                + args.init_scale * torch.randn(features, generator=generator, dtype=torch.float64)
+            )
+
+    def losses(model: nn.Module) -> Tensor:
+        return problem.losses(model.w)
+
+    reference = [1.1, 1.1]
+    truth = problem.front(2001)
+    rows = [("true front (2001 points)", truth.tolist(), 0, "")]
+    steps = args.regression_steps
+
+    def scalarized(preference: Tensor, method: str, count: int):
+        model = Weight()
+        if method == "weighted sum":
+            opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        else:
+            opt = tm.ChebyshevALM(model.parameters(), num_objectives=K, preference=preference, outer_every=50, lr=0.05)
+        for _ in range(count):
+            opt.zero_grad()
+            values = losses(model)
+            if method == "weighted sum":
+                (preference.to(values.dtype) @ values).backward()
+            else:
+                opt.backward(values)
+            opt.step()
+        return losses(model).detach(), model
+
+    def run_one(preference: Tensor, method: str, count: int) -> Tensor:
+        return scalarized(preference.float(), method, count)[0]
+
+    # continuation: one start at preference (1/2, 1/2), then paths toward each objective; a weighted sum there
+    # lands at an end of the concave front (a Pareto point all the same), ChebyshevALM in the middle or nowhere
+    _, middle = scalarized(torch.tensor([0.5, 0.5]), args.regression_start, steps)
+    budget = args.regression_budget
+    points = continue_front(middle, losses, budget=budget - steps, tol=1e-8, step_size=0.1, max_step=0.3, damping=1e-8)
+    accepted = [p.values.tolist() for p in points if p.accepted]
+    cost = steps + sum(p.cost for p in points)
+    rows.append(("continuation (1 start)", accepted, cost, f"{len(accepted)} accepted of {len(points)}"))
+    for method in ("weighted sum", "ChebyshevALM"):
+        for runs in args.runs:
+            preferences = simplex_lattice(K, runs + 1)[1:-1]
+            front = sweep(functools.partial(run_one, method=method, count=cost // runs), preferences)
+            rows.append((f"{method}, {runs} runs", front.values.tolist(), (cost // runs) * runs, ""))
+    try:
+        from pymoo.algorithms.moo.nsga2 import NSGA2
+        from pymoo.core.problem import Problem
+        from pymoo.optimize import minimize
+    except ImportError:
+        print("pymoo not installed (pip install torch-moo[bench]): NSGA-II skipped")
+    else:
+        center = problem.optima.mean(dim=0).numpy()
+
+        class Objectives(Problem):
+            def __init__(self) -> None:
+                super().__init__(n_var=features, n_obj=K, xl=center - 4, xu=center + 4)
+
+            def _evaluate(self, x, out, *unused, **kwargs) -> None:
+                with torch.no_grad():
+                    out["F"] = torch.stack([problem.losses(torch.as_tensor(row)) for row in x]).numpy()
+
+        found = minimize(Objectives(), NSGA2(pop_size=args.nsga_pop), ("n_gen", args.nsga_gen), seed=args.seed)
+        evaluations = found.algorithm.evaluator.n_eval
+        rows.append(
+            (
+                f"NSGA-II ({args.nsga_pop} x {args.nsga_gen} gen)",
+                found.F.tolist(),
+                0,
+                f"{evaluations} forward evaluations, no gradients",
+            )
+        )
+    print(f"two_task_regression(separation={args.separation}): {features} weights, reference {reference}")
+    print("\n| method | points | budget | ND own | HV | IGD to the true front | note |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for name, values, units, note in rows:
+        tensor = torch.tensor(values, dtype=torch.float64)
+        own = int(non_dominated(tensor).sum())
+        hv, distance = hypervolume(tensor, reference), igd(tensor, truth)
+        print(f"| {name} | {len(values)} | {units} | {own} | {hv:.4f} | {distance:.4f} | {note} |")
+
+
 def unit_costs(model: nn.Module, data, repeat: int) -> dict[str, float]:
     """Median ms of a weighted-sum backward, a create_graph gradient of one objective and an HVP."""
     params = list(model.parameters())
@@ -323,16 +460,37 @@ def main() -> None:
     parser.add_argument("--corrections", type=int, default=2)
     parser.add_argument("--correction-lr", type=float, default=0.05, help="SGD lr of the MGDA correction steps")
     parser.add_argument("--runs", type=int, nargs="+", default=[4, 8], help="sweep sizes of the baselines")
+    parser.add_argument("--continuation-tol", type=float, default=1e-3, help="relative KKT residual to accept")
+    parser.add_argument("--continuation-damping", type=float, default=1.0, help="continuation's delta")
+    parser.add_argument("--continuation-corrections", type=int, default=3, help="continuation's Newton steps per step")
+    parser.add_argument("--solve-tol", type=float, default=0.1, help="continuation's MINRES relative tolerance")
+    parser.add_argument("--problem", choices=["twodigits", "regression"], default="twodigits")
+    parser.add_argument(
+        "--separation", type=float, default=3.0, help="regression: distance of the optima (concave > 1)"
+    )
+    parser.add_argument("--regression-steps", type=int, default=300, help="regression: Adam steps of the middle start")
+    parser.add_argument("--regression-budget", type=int, default=1200, help="regression: units for every method")
+    parser.add_argument(
+        "--regression-start", choices=["weighted sum", "ChebyshevALM"], default="weighted sum", help="regression"
+    )
+    parser.add_argument("--init-scale", type=float, default=0.5, help="regression: spread of the initial weights")
+    parser.add_argument("--nsga-pop", type=int, default=40)
+    parser.add_argument("--nsga-gen", type=int, default=50)
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.train_size, args.test_size, args.start_steps, args.explore_steps = 256, 256, 60, 2
         args.max_iter, args.runs = 5, [2]
+        args.regression_steps, args.regression_budget, args.nsga_gen = 100, 400, 5
         if args.plot == DEFAULT_PLOT:
             args.no_plot = True
     torch.set_num_threads(args.threads)
     total = time.perf_counter()
+    if args.problem == "regression":
+        regression_benchmark(args)
+        print(f"total {time.perf_counter() - total:.1f} s")
+        return
 
     train_data = TwoDigits(train=True, size=args.train_size, seed=args.seed).tensors()
     test_data = TwoDigits(train=False, size=args.test_size, seed=args.seed).tensors()
@@ -342,7 +500,7 @@ def main() -> None:
     )
 
     explored, recorder, starts, alone = run_explore(args, train_data, test_data)
-    results = [explored]
+    results = [explored, run_continuation(args, explored.budget, starts, train_data, test_data)]
     for method in ("weighted sum", "ChebyshevALM"):
         for runs in args.runs:
             results.append(run_sweep(method, runs, explored.budget, args, train_data, test_data))
