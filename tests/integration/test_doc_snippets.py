@@ -318,6 +318,28 @@ def _(code, tmp_path, monkeypatch):
         assert_fitted(before, model)
 
 
+@outcome("docs/continuation.rst#1", anchor="points = continue_front(models, lambda m: loss_vector(m, batch)")
+def _(code, tmp_path, monkeypatch):
+    # two starts trained briefly on different weighted sums; the paths stay within the budget and
+    # every accepted point is as stationary as the rule requires (tol, or its start's residual)
+    models = []
+    for weight in (0.3, 0.7):
+        torch.manual_seed(0)
+        model = TwoHeads()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(20):
+            opt.zero_grad()
+            (torch.tensor([weight, 1 - weight]) @ task_losses(model)).backward()
+            opt.step()
+        models.append(model)
+    before = [fit(model) for model in models]
+    namespace = run(code, {"models": models, "loss_vector": lambda m, b: task_losses(m), "batch": None})
+    points = namespace["points"]
+    assert points and sum(p.cost for p in points) <= 3000
+    assert any(p.accepted for p in points)
+    assert all(torch.equal(fit(model), b) for model, b in zip(models, before))  # the starts are left unchanged
+
+
 @outcome("docs/objectives.rst#1", anchor='tm.objectives.l1(model, reduction="mean")')
 def _(code, tmp_path, monkeypatch):
     model = TwoHeads()
