@@ -1,6 +1,17 @@
 """torch_moo: multi-objective, multi-task and sparse training as a drop-in for :mod:`torch.optim`."""
 
-from torch_moo import datasets, engine, exploration, functional, objectives, pareto, problems, sparsity, weightings
+from torch_moo import (
+    continuation,
+    datasets,
+    engine,
+    exploration,
+    functional,
+    objectives,
+    pareto,
+    problems,
+    sparsity,
+    weightings,
+)
 from torch_moo.base import MultiObjectiveOptimizer, WeightedLossDescent
 from torch_moo.chebyshev import ChebyshevALM
 from torch_moo.descent import JacobianDescent
@@ -20,6 +31,7 @@ __all__ = [
     "ParetoTangentExplorer",
     "SparsityController",
     "WeightedLossDescent",
+    "continuation",
     "datasets",
     "engine",
     "exploration",
