@@ -66,7 +66,7 @@ def check_vector(name: str, value: object, length: int) -> Tensor:
     return vector
 
 
-def check_gram(gram: object) -> Tensor:
+def check_gram_shape(gram: object) -> Tensor:
     """A floating-point square ``k x k`` tensor with ``k >= 1`` (a Gram matrix)."""
     if not isinstance(gram, Tensor):
         raise TypeError(f"gram must be a tensor, got {type(gram).__name__}")

@@ -480,7 +480,7 @@ class WeightedLossDescent(MultiObjectiveOptimizer):
             return self.weighting(losses.detach().to(self._device, torch.float32)).to(losses.device)
 
     def _combine(self, losses, values, *, features, scaler, retain_graph):
-        weights = self.weighting(values)
+        weights = self.weighting.weigh_step(values)
         gradient = weights if scaler is None else scaler.scale(weights)
         losses.backward(gradient.to(losses.device, losses.dtype), retain_graph=retain_graph)
         return weights

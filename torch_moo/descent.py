@@ -221,11 +221,13 @@ class JacobianDescent(MultiObjectiveOptimizer):
         for p, piece in zip(params, matrix.split([p.numel() for p in params], dim=1)):
             state = self.state.get(p, {})
             seen = "objective_exp_avg" in state
-            zeros = torch.zeros_like(piece)
-            exp_avg = torch.lerp(state["objective_exp_avg"].view(k, -1) if seen else zeros, piece, 1 - beta1)
-            exp_avg_sq = torch.lerp(
-                state["objective_exp_avg_sq"].view(k, -1) if seen else zeros, piece.square(), 1 - beta2
+            first, second = (
+                (state["objective_exp_avg"].view(k, -1), state["objective_exp_avg_sq"].view(k, -1))
+                if seen
+                else (torch.zeros_like(piece),) * 2  # a parameter's first step
             )
+            exp_avg = torch.lerp(first, piece, 1 - beta1)
+            exp_avg_sq = torch.lerp(second, piece.square(), 1 - beta2)
             pending.moments[p] = (exp_avg, exp_avg_sq)
             t = state["objective_step"] + 1 if seen else torch.ones((), device=piece.device)
             directions.append((exp_avg / (1 - beta1**t)) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + _MOMENT_EPS))

@@ -173,6 +173,7 @@ class GramianEngine:
         """The parameters the Gram matrix is over: the layers' (in hook order), then the others."""
         if not self.parameters:
             raise ValueError("modules hold no parameter that requires grad")
+        self._size = sum(p.numel() for p in self.parameters)
 
     def _record(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad:
@@ -234,7 +235,7 @@ class GramianEngine:
         r""":math:`r`, the recorded calls' output entries over the number of entries of :attr:`parameters`:
         the engine is the cheaper path when :math:`r \le 1` (see the module's measurements)."""
         outputs = sum(call.size for calls in self._layers.values() for call in calls)
-        return outputs / sum(p.numel() for p in self.parameters)
+        return outputs / self._size
 
     def clear(self) -> None:
         """Drop the recorded calls (and the activations they hold) without using them."""

@@ -202,6 +202,16 @@ def assert_trains(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 30)
     assert_fitted(before, model)
 
 
+def assert_each_fits(variants: list[str]) -> None:
+    """Each variant of a training loop, run from the same fresh model on :func:`batch` repeated, fits it."""
+    for variant in variants:
+        torch.manual_seed(0)
+        model = TwoHeads()
+        before = fit(model)
+        run(variant, {"model": model, "loader": Batches(repeat=30)})
+        assert_fitted(before, model)
+
+
 def batch_of(model: nn.Module) -> dict:
     """:func:`batch` through ``model``: ``x``, ``y1``, ``y2``, ``out1``, ``out2``."""
     x, y1, y2 = batch()
@@ -297,12 +307,7 @@ def _(code, tmp_path, monkeypatch):
 def _(code, tmp_path, monkeypatch):
     representation = code.replace("opt.backward(losses)  ", "opt.backward(losses, features=z)  ", 1)
     assert representation != code
-    for variant in (code, representation):  # the full mode, then the commented representation mode
-        torch.manual_seed(0)
-        model = TwoHeads()
-        before = fit(model)
-        run(variant, {"model": model, "loader": Batches(repeat=30)})
-        assert_fitted(before, model)
+    assert_each_fits([code, representation])  # the full mode, then the commented representation mode
 
 
 @outcome("docs/weightings.rst#1", anchor="weighting=UPGrad(), lr=1e-3)")
@@ -310,12 +315,7 @@ def _(code, tmp_path, monkeypatch):
     loss_space = code.replace("# opt = tm.WeightedLossDescent", "opt = tm.WeightedLossDescent", 1)
     representation = code.replace("opt.backward(losses)  ", "opt.backward(losses, features=z)  ", 1)
     assert code != loss_space and code != representation
-    for variant in (code, loss_space, representation):  # UPGrad (full mode), uncertainty weighting, UPGrad on z
-        torch.manual_seed(0)
-        model = TwoHeads()
-        before = fit(model)
-        run(variant, {"model": model, "loader": Batches(repeat=30)})
-        assert_fitted(before, model)
+    assert_each_fits([code, loss_space, representation])  # UPGrad (full mode), uncertainty weighting, UPGrad on z
 
 
 @outcome("docs/continuation.rst#1", anchor="points = continue_front(models, lambda m: loss_vector(m, batch)")

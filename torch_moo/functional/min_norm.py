@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from torch_moo._device import reads_are_free
-from torch_moo._validation import all_finite, check_gram
+from torch_moo._validation import all_finite, check_gram_shape
 
 __all__ = ["MinNormSolution", "min_norm_solve", "min_norm_weights"]
 
@@ -307,7 +307,7 @@ def min_norm_solve(gram: Tensor, start: Tensor | None = None, *, early_exit: boo
     Returns:
         A :class:`MinNormSolution`: ``(weights, gap, iterations, stopped)``.
     """
-    check_gram(gram)
+    check_gram_shape(gram)
     if start is not None and (not isinstance(start, Tensor) or start.shape != (gram.shape[0],)):
         raise ValueError(f"start must be a tensor of shape ({gram.shape[0]},), got {getattr(start, 'shape', start)!r}")
     if early_exit is None:

@@ -91,6 +91,11 @@ class LossWeighting(Weighting):
     def forward(self, losses: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def weigh_step(self, losses: Tensor) -> Tensor:
+        """The weights for a training step's backward pass: ``self(losses)``. A rule whose :meth:`record`
+        needs what its forward computed for these same values may keep it here (``forward`` stays pure)."""
+        return self(losses)
+
     def observe(self, losses: Tensor, finite: Tensor | None = None) -> None:
         """Record one step's loss values (``finite``: whether they count, as a boolean tensor, read
         without a host synchronisation; ``None``: they do); update every ``every`` steps."""

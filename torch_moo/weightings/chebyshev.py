@@ -86,19 +86,25 @@ class ChebyshevLagrangian(LossWeighting):
         self.register_buffer("estimate_sum", torch.zeros(num_objectives, dtype=torch.float64))
         self.register_buffer("estimate_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("ideal", torch.full((num_objectives,), float("inf")))
-        self._last: tuple[Tensor, Tensor] | None = None  # (loss values, their estimate) of the last forward
+        self._last: tuple[Tensor, Tensor] | None = None  # (loss values, their estimate) of the last weigh_step
 
     def reference_point(self) -> Tensor:
         """The reference point :math:`a` (a copy): fixed, or the running ideal point."""
         return (self.ideal if self.tracks_ideal else self.reference).clone()
 
     def forward(self, losses: Tensor) -> Tensor:
-        dual = self._estimate(losses)
-        self._last = (losses, dual)
+        return self._weights(self._estimate(losses), losses.dtype)
+
+    def weigh_step(self, losses: Tensor) -> Tensor:
+        estimate = self._estimate(losses)
+        self._last = (losses, estimate)
+        return self._weights(estimate, losses.dtype)
+
+    def _weights(self, dual: Tensor, dtype: torch.dtype) -> Tensor:
         if self.multiplier_update == "phr":
             dual = dual.clamp_min(0)
         # chebyshev_objective_weights(dual, preference, augmentation)
-        return _unit_l1(self.linear_map @ dual).to(losses.dtype)
+        return _unit_l1(self.linear_map @ dual).to(dtype)
 
     def _estimate(self, values: Tensor) -> Tensor:
         """:func:`~torch_moo.functional.multiplier_estimate` of the terms :func:`~torch_moo.functional.chebyshev_terms`
@@ -109,7 +115,7 @@ class ChebyshevLagrangian(LossWeighting):
         return _estimate(torch.addcmul(self.multipliers, self.penalty, gaps @ self.linear_map), self.multiplier_update)
 
     def record(self, losses: Tensor, finite: Tensor | None) -> None:
-        # A step of one backward records the values its forward weighed, under the same state (only
+        # A step of one backward records the values its weigh_step weighed, under the same state (only
         # update() and a load change it, and they drop the pair): its estimate is taken, not recomputed.
         last, self._last = self._last, None
         estimate = last[1] if last is not None and last[0] is losses else self._estimate(losses)

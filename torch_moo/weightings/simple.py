@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from torch_moo._device import reads_are_free
-from torch_moo._validation import all_finite
-from torch_moo._validation import check_gram as check_square
+from torch_moo._validation import all_finite, check_gram_shape
 from torch_moo.functional._scale import binary_exponent, power_of_two
 from torch_moo.weightings._base import GramWeighting, LossWeighting
 
@@ -24,7 +23,7 @@ def check_gram(gram: object) -> Tensor:
     would cost a host synchronisation per step, so a non-finite Gram matrix there gives
     non-finite weights instead.
     """
-    gram = check_square(gram)
+    gram = check_gram_shape(gram)
     if reads_are_free(gram) and not all_finite(gram):
         raise ValueError(f"gram must be finite, got {gram.tolist()}")
     return gram
