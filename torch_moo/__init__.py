@@ -43,3 +43,12 @@ __all__ = [
     "weightings",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``torch_moo.checkpoint`` on first use: it imports torch.distributed.checkpoint (about a second)."""
+    if name == "checkpoint":
+        import importlib
+
+        return importlib.import_module("torch_moo.checkpoint")
+    raise AttributeError(f"module 'torch_moo' has no attribute {name!r}")

@@ -310,9 +310,7 @@ class MultiObjectiveOptimizer(Optimizer):
         """
         method_state = self._check_state_dict(state_dict)
         self._load_base_state({key: value for key, value in state_dict.items() if key != STATE_KEY})
-        self._load_method_state(method_state)
-        self._pending.reset()
-        self._pending.last_skipped = False
+        self._install(method_state)
 
     def _load_base_state(self, state_dict: dict[str, Any]) -> None:
         """Load the base optimizer's part; restore the base's state and groups if that raises.
@@ -351,11 +349,27 @@ class MultiObjectiveOptimizer(Optimizer):
                 f"state_dict has no {STATE_KEY!r} entry: it was not saved by a torch_moo optimizer "
                 f"(load a plain optimizer's state into {name}.base instead)"
             )
-        _check_version(state_dict[STATE_KEY], name)
-        saved = check_saved_keys(f"state_dict[{STATE_KEY!r}]", state_dict[STATE_KEY], {"version", "config", "state"})
-        check_saved_config(f"state_dict[{STATE_KEY!r}]['config']", saved["config"], self._config(), name)
         check_base_state(type(self).__name__, self.param_groups, self.state, state_dict)
+        return self._check_entry(state_dict[STATE_KEY])
+
+    def _check_entry(self, entry: object) -> dict[str, Any]:
+        """Check the ``"torch_moo"`` entry (format version, configuration, method state); the method's state."""
+        name = type(self).__name__
+        _check_version(entry, name)
+        saved = check_saved_keys(f"state_dict[{STATE_KEY!r}]", entry, {"version", "config", "state"})
+        check_saved_config(f"state_dict[{STATE_KEY!r}]['config']", saved["config"], self._config(), name)
         return self._check_method_state(saved["state"])
+
+    def _load_entry(self, entry: object) -> None:
+        """Load the ``"torch_moo"`` entry alone (the base's state loaded elsewhere, e.g. by
+        :mod:`torch.distributed.checkpoint`); all checked first, as :meth:`load_state_dict` does."""
+        self._install(self._check_entry(entry))
+
+    def _install(self, method_state: dict[str, Any]) -> None:
+        """Load checked method state; nothing is pending after a load."""
+        self._load_method_state(method_state)
+        self._pending.reset()
+        self._pending.last_skipped = False
 
     def _check_method_state(self, saved: object) -> dict[str, Any]:
         """The saved method state, each entry checked against :meth:`_method_state`'s (a tensor of

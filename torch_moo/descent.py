@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from torch_moo import engine
+from torch_moo._sharding import check_unsharded, is_sharded
 from torch_moo._validation import Nonfinite, all_finite, check_choice, check_real
 from torch_moo.base import MultiObjectiveOptimizer
 from torch_moo.distributed import mean_across_ranks, world_size
@@ -55,6 +56,13 @@ class JacobianDescent(MultiObjectiveOptimizer):
     32 times less memory there, slower above, see :mod:`torch_moo.gramian`), in a single process
     (under :mod:`torch.distributed` the Gram matrix of the averaged gradients needs the rows).
 
+    With DTensor parameters (FSDP2's ``fully_shard``, tensor parallelism, both) the full mode takes
+    one ``backward`` per objective, which the sharding engine reduces into each rank's shard of
+    ``.grad``, sums the shards' contributions to :math:`G` in one float64 all-reduce of
+    :math:`k \times k` entries, and writes :math:`J^\top w` on the local shards: no gradient is
+    gathered (:func:`torch_moo.engine.combine_sharded`). A parameter outside the optimizer that the
+    losses reach receives every objective's gradient there. The representation mode runs as it is.
+
     ``moments=(beta1, beta2)`` keeps Adam's moment estimates for every objective separately
     (Reiners, Klamroth & Stiglmayr, 2020), as per-parameter optimizer state
     (``opt.state[p]["objective_exp_avg"]``, shape ``(k, *p.shape)``, which a
@@ -77,6 +85,7 @@ class JacobianDescent(MultiObjectiveOptimizer):
     Raises:
         ValueError: parameters on several devices (model parallelism): the objectives' gradients
             are rows of one matrix on one device; the loss-space methods take such models.
+            ``moments`` with DTensor parameters.
 
     Example:
         >>> from torch_moo.weightings import UPGrad
@@ -129,6 +138,14 @@ class JacobianDescent(MultiObjectiveOptimizer):
                 "objectives' gradients are combined as rows of one matrix (a loss-space method, such as "
                 "WeightedLossDescent, takes parameters on several devices)"
             )
+        self._sharded = any(is_sharded(p) for p in self._params())
+        if moments is not None:
+            check_unsharded(
+                self._params(),
+                f"{type(self).__name__} with moments",
+                "each objective's moments would be a (k, *shape) tensor sharded like its parameter, which is not "
+                "built; take moments=None (the base optimizer's Adam state is sharded with the parameters)",
+            )
         self._stationarity = torch.zeros((), dtype=torch.float64, device=self._device)
         self._gramian = None if trunk is None else GramianEngine(trunk)
 
@@ -167,7 +184,8 @@ class JacobianDescent(MultiObjectiveOptimizer):
             seed = scaler.scale(seed).reshape(()).to(losses.dtype)
         gramian = self._gramian
         if gramian is not None:
-            if features is None and self.moments is None and world_size() == 1 and gramian.output_ratio() <= 1:
+            alone = world_size() == 1 and not self._sharded
+            if features is None and self.moments is None and alone and gramian.output_ratio() <= 1:
                 return self._combine_gramian(gramian, losses, seed, values, retain_graph)
             gramian.clear()
         weigh = self._weigh(values, None if scaler is None else seed)

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["mean_across_ranks", "means_across_ranks", "broadcast_from_first", "world_size"]
+__all__ = ["mean_across_ranks", "means_across_ranks", "sum_across_ranks", "broadcast_from_first", "world_size"]
 
 
 def _world() -> bool:
@@ -28,6 +28,13 @@ def mean_across_ranks(tensor: Tensor) -> Tensor:
     total = tensor.clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total.div_(dist.get_world_size())
+
+
+def sum_across_ranks(tensor: Tensor) -> Tensor:
+    """Sum of ``tensor`` over all ranks of the default process group, in place (``tensor`` itself without one)."""
+    if _world():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
 
 
 def means_across_ranks(tensors: list[Tensor]) -> list[Tensor]:

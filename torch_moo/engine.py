@@ -10,6 +10,11 @@ writes :math:`J^\top w` where the method needs it:
   :math:`J^\top w` over the shared parameters, one that a single objective reaches (a task head)
   receives that objective's gradient (``heads="own"``) or :math:`w_i` times it (``"weighted"``).
   Under :mod:`torch.distributed` the rows are averaged across ranks first (one all-reduce).
+  With DTensor parameters (FSDP2's ``fully_shard``, tensor parallelism) the rows come from one
+  ``backward`` per objective, which the sharding engine reduces into each rank's shard of
+  ``.grad``; the Gram matrix is the sum of the shards' contributions, each distinct shard counted
+  once (:func:`~torch_moo._sharding.shard_weight`), in one float64 all-reduce, and each rank writes
+  :math:`J^\top w` on its own shards.
 * :func:`combine_features`, the representation mode (MGDA-UB): :math:`J` holds the gradients with
   respect to the shared representation, and one backward pass of :math:`\sum_i L_i` runs with the
   gradient at the representation replaced by :math:`J^\top w` (a tensor hook); under
@@ -31,7 +36,8 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from torch_moo.distributed import mean_across_ranks, means_across_ranks
+from torch_moo._sharding import is_sharded, local, placed_like, shard_weight, sharded_like
+from torch_moo.distributed import mean_across_ranks, means_across_ranks, sum_across_ranks
 from torch_moo.functional._scale import power_of_two
 from torch_moo.functional.mgda import _scale_to_unit_, _unit_gram
 
@@ -56,11 +62,13 @@ def combine_parameters(
     retain_graph: bool,
 ) -> Tensor:
     """The full mode: write the combination into the parameters' ``.grad``; return the weights."""
+    if any(is_sharded(p) for p in params):
+        return combine_sharded(losses, params, seed, weigh, heads=heads, retain_graph=retain_graph)
     rows = objective_gradients(losses, params, seed, retain_graph)
     reach = reached(rows)
     shared = [j for j in range(len(params)) if len(reach[j]) > 1]
     own = [j for j in range(len(params)) if len(reach[j]) == 1]
-    own_rows = [gradient for j in own if (gradient := rows[reach[j][0]][j]) is not None]  # reached: never None
+    own_rows = [_own(rows, reach, j) for j in own]
     matrix, *own_grads = means_across_ranks([jacobian(rows, params, shared), *own_rows])
     weights, direction = combined(matrix, weigh)
     accumulate([params[j] for j in shared], direction.split([params[j].numel() for j in shared]))
@@ -88,7 +96,7 @@ def head_gradients(
     """What parameters that one objective reaches receive: its gradient, or its weight times it (``"weighted"``)."""
     if heads == "own":
         return list(grads)
-    return [weights[i].to(g.dtype) * g for i, g in zip(owners, grads)]
+    return [sharded_like(weights[i].to(g.dtype) * local(g), g) for i, g in zip(owners, grads)]
 
 
 def combined(matrix: Tensor, weigh: Weigh, reduce_gram: bool = False) -> tuple[Tensor, Tensor]:
@@ -99,6 +107,99 @@ def combined(matrix: Tensor, weigh: Weigh, reduce_gram: bool = False) -> tuple[T
     gram = _unit_gram([matrix], exponent)
     weights = weigh(mean_across_ranks(gram) if reduce_gram else gram, matrix.dtype)
     return weights, (weights @ matrix).mul_(power_of_two(exponent, matrix))  # ldexp_ is many times slower on the CPU
+
+
+# ---------------------------------------------------------------------- sharded parameters
+def combine_sharded(
+    losses: Tensor,
+    params: Sequence[Tensor],
+    seed: Tensor,
+    weigh: Weigh,
+    *,
+    heads: HeadGradient,
+    retain_graph: bool,
+) -> Tensor:
+    r"""The full mode when some parameters are DTensors: :math:`G` from the local shards, reduced once.
+
+    .. math::
+
+        G = G_{\text{plain}} + \sum_{\text{ranks}} \sum_{p\ \text{sharded}} c_p\, J_p^{\text{local}}
+        J_p^{\text{local}\top}, \qquad c_p = \frac{\text{distinct shards of } p}{\text{ranks}},
+
+    :math:`G_{\text{plain}}` from the plain parameters' rows averaged across ranks (as under DDP),
+    the sharded rows as the sharding engine reduced them (FSDP2 averages them over its data-parallel
+    ranks; a tensor-parallel group sees one batch). Every rank gets the same :math:`G`, hence the same
+    weights, and writes :math:`J^\top w` on its shards alone: no gradient is gathered.
+    """
+    rows = backward_gradients(losses, params, seed, retain_graph)
+    reach = reached(rows)
+    shared = [j for j in range(len(params)) if len(reach[j]) > 1]
+    own = [j for j in range(len(params)) if len(reach[j]) == 1]
+    shards = [local(p.detach()) for p in params]
+    plain = [j for j in shared if not is_sharded(params[j])]
+    own_plain = [j for j in own if not is_sharded(params[j])]
+    # the plain parameters' rows and own gradients averaged across ranks, as under DDP: one all-reduce
+    averaged = means_across_ranks([jacobian(rows, shards, plain), *(_own(rows, reach, j) for j in own_plain)])
+    by_weight: dict[float, list[int]] = {}
+    for j in shared:
+        if is_sharded(params[j]):
+            by_weight.setdefault(shard_weight(params[j]), []).append(j)
+    local_rows = [tuple(None if g is None else local(g) for g in row) for row in rows]
+    groups = [(plain, averaged[0])] + [(js, jacobian(local_rows, shards, js)) for js in by_weight.values()]
+    exponents = [_scale_to_unit_(matrix) for _, matrix in groups]
+    plain_gram, *sharded_grams = (_unit_gram([matrix], e) for (_, matrix), e in zip(groups, exponents))
+    contributions = (c * g for c, g in zip(by_weight, sharded_grams))
+    gram = plain_gram + sum_across_ranks(sum(contributions, torch.zeros_like(plain_gram)))
+    weights = weigh(gram, shards[0].dtype)
+    for (indices, matrix), exponent in zip(groups, exponents):
+        direction = (weights @ matrix).mul_(power_of_two(exponent, matrix))
+        pieces = direction.split([shards[j].numel() for j in indices])
+        accumulate(
+            [params[j] for j in indices],
+            [sharded_like(g.view_as(shards[j]), params[j]) for j, g in zip(indices, pieces)],
+        )
+    own_grads = dict(zip(own_plain, averaged[1:]))
+    own_rows = [own_grads[j] if j in own_grads else _own(rows, reach, j) for j in own]
+    accumulate([params[j] for j in own], head_gradients(heads, weights, [reach[j][0] for j in own], own_rows))
+    return weights
+
+
+def backward_gradients(losses: Tensor, params: Sequence[Tensor], seed: Tensor, retain_graph: bool) -> Rows:
+    """Each objective's gradient over ``params`` by one ``backward`` per objective, read from ``.grad``.
+
+    The sharding engine (FSDP2) reduces a pass's gradients into each rank's shard only through
+    ``.grad``: ``autograd.grad`` with respect to sharded parameters finds none. The parameters'
+    ``.grad`` is kept aside and put back; a parameter outside ``params`` that the losses reach
+    receives every objective's gradient, as :meth:`torch.Tensor.backward` of each would give it.
+    """
+    roots = objective_roots(losses)
+    kept = [p.grad for p in params]
+    last = len(roots) - 1
+    rows: Rows = []
+    try:
+        for p in params:
+            p.grad = None
+        for i, root in enumerate(roots):
+            if root is not None:
+                torch.autograd.backward(root, seed, retain_graph=retain_graph or i < last)
+            rows.append(tuple(_taken(p) for p in params))
+    finally:
+        for p, grad in zip(params, kept):
+            p.grad = grad
+    return rows
+
+
+def _own(rows: Rows, reach: list[list[int]], j: int) -> Tensor:
+    """The gradient of parameter ``j`` from the one objective that reaches it."""
+    gradient = rows[reach[j][0]][j]
+    assert gradient is not None  # reached
+    return gradient
+
+
+def _taken(param: Tensor) -> Tensor | None:
+    """``param.grad`` (dense, with ``param``'s placements), which is then cleared for the next pass."""
+    grad, param.grad = param.grad, None
+    return None if grad is None else strided(placed_like(grad, param))
 
 
 # -------------------------------------------------------------------------- representation mode

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from torch_moo._sharding import check_unsharded
 from torch_moo._validation import Nonfinite, check_count, check_real, check_vector
 from torch_moo.base import Losses
 from torch_moo.descent import JacobianDescent
@@ -66,7 +67,9 @@ class ParetoTangentExplorer(JacobianDescent):
     Under :mod:`torch.distributed` the Jacobian and every Hessian-vector product are averaged
     across ranks (one all-reduce per MINRES iteration), so every rank takes the same step.
     As for :class:`~torch_moo.MultiGradientDescent`'s full mode, evaluate the closure under
-    ``model.no_sync()`` or on the unwrapped module.
+    ``model.no_sync()`` or on the unwrapped module. DTensor parameters (FSDP2, tensor parallelism)
+    are refused at construction with a ValueError: the Hessian-vector products differentiate the
+    gradients, which FSDP2 reduces outside autograd.
 
     Args:
         params: parameters or parameter groups.
@@ -132,6 +135,12 @@ class ParetoTangentExplorer(JacobianDescent):
             base_kwargs["lr"] = 1e-2
         super().__init__(
             params, num_objectives=num_objectives, weighting=MGDA(), nonfinite=nonfinite, base=base, **base_kwargs
+        )
+        check_unsharded(
+            self._params(),
+            type(self).__name__,
+            "its Hessian-vector products differentiate the gradients, which FSDP2 reduces outside autograd; "
+            "explore the unsharded model (one process, or DDP)",
         )
         self._beta = torch.zeros(num_objectives, device=self._device)
         self.beta = torch.eye(num_objectives)[0] if beta is None else beta
