@@ -349,8 +349,9 @@ class MultiObjectiveOptimizer(Optimizer):
                 f"state_dict has no {STATE_KEY!r} entry: it was not saved by a torch_moo optimizer "
                 f"(load a plain optimizer's state into {name}.base instead)"
             )
+        method_state = self._check_entry(state_dict[STATE_KEY])
         check_base_state(type(self).__name__, self.param_groups, self.state, state_dict)
-        return self._check_entry(state_dict[STATE_KEY])
+        return method_state
 
     def _check_entry(self, entry: object) -> dict[str, Any]:
         """Check the ``"torch_moo"`` entry (format version, configuration, method state); the method's state."""
@@ -425,6 +426,11 @@ class MultiObjectiveOptimizer(Optimizer):
     def _advance(self, values: Tensor) -> None:
         """Update the method's state after the base step, from the mean loss values of the backward calls."""
         raise NotImplementedError
+
+    def _init_state(self) -> bool:
+        """Make the per-parameter state the method keeps (zeros) where it does not exist yet, for a
+        checkpoint to load into (:mod:`torch_moo.checkpoint`); whether any was made."""
+        return False
 
     def _finite(self, values: Tensor) -> Tensor | None:
         """``None`` when :meth:`backward` has already rejected or skipped non-finite losses, else whether

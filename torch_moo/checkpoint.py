@@ -4,7 +4,9 @@ DCP's :func:`~torch.distributed.checkpoint.state_dict.get_state_dict` keys an op
 parameter name and keeps each DTensor sharded, so a checkpoint saved by 2 ranks loads on 1 or 4;
 but it keeps only ``"state"`` and ``"param_groups"`` (a torch_moo optimizer's ``"torch_moo"`` entry
 would be lost) and, for an optimizer without state, takes a step to create it (a torch_moo
-optimizer's :meth:`~torch_moo.MultiObjectiveOptimizer.step` wants a :meth:`backward` first).
+optimizer's :meth:`~torch_moo.MultiObjectiveOptimizer.step` wants a :meth:`backward` first), which
+creates the base optimizer's state alone (a state dict to load into needs every entry: the
+per-objective moments of ``moments=`` are made here as zeros, equivalent to none).
 :func:`get_state_dict` and :func:`set_state_dict` here hand DCP the base optimizer, carry the
 method's entry (its small tensors are the same on every rank, saved once) and the
 :class:`~torch_moo.SparsityController`'s state (masks as DTensors placed like their parameters);
@@ -46,6 +48,8 @@ def get_state_dict(
         ``{"model", "optimizer"}``, and ``"torch_moo"`` / ``"sparsity"`` where they exist.
     """
     model_state, optimizer_state = dcp_state.get_state_dict(model, _base(optimizer), options=options)
+    if isinstance(optimizer, MultiObjectiveOptimizer) and optimizer._init_state():  # after DCP's own init
+        model_state, optimizer_state = dcp_state.get_state_dict(model, _base(optimizer), options=options)
     state: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
     if isinstance(optimizer, MultiObjectiveOptimizer):
         state[STATE_KEY] = optimizer.state_dict()[STATE_KEY]

@@ -10,10 +10,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from torch_moo import engine
-from torch_moo._sharding import check_unsharded, is_sharded
+from torch_moo._sharding import is_sharded, local, shard_weight, sharded_like
 from torch_moo._validation import Nonfinite, all_finite, check_choice, check_real
 from torch_moo.base import MultiObjectiveOptimizer
-from torch_moo.distributed import mean_across_ranks, world_size
+from torch_moo.distributed import mean_across_ranks, sum_across_ranks, world_size
 from torch_moo.engine import HEAD_GRADIENTS, HeadGradient, Weigh
 from torch_moo.functional.mgda import _gram_float64
 from torch_moo.gramian import GramianEngine
@@ -85,7 +85,7 @@ class JacobianDescent(MultiObjectiveOptimizer):
     Raises:
         ValueError: parameters on several devices (model parallelism): the objectives' gradients
             are rows of one matrix on one device; the loss-space methods take such models.
-            ``moments`` with DTensor parameters.
+
 
     Example:
         >>> from torch_moo.weightings import UPGrad
@@ -139,13 +139,6 @@ class JacobianDescent(MultiObjectiveOptimizer):
                 "WeightedLossDescent, takes parameters on several devices)"
             )
         self._sharded = any(is_sharded(p) for p in self._params())
-        if moments is not None:
-            check_unsharded(
-                self._params(),
-                f"{type(self).__name__} with moments",
-                "each objective's moments would be a (k, *shape) tensor sharded like its parameter, which is not "
-                "built; take moments=None (the base optimizer's Adam state is sharded with the parameters)",
-            )
         self._stationarity = torch.zeros((), dtype=torch.float64, device=self._device)
         self._gramian = None if trunk is None else GramianEngine(trunk)
 
@@ -227,20 +220,18 @@ class JacobianDescent(MultiObjectiveOptimizer):
         if pending.moments is not None:
             raise RuntimeError("moments take one backward() per step(): call step() (or zero_grad()) first")
         params = self._params()
-        rows = engine.objective_gradients(losses, params, seed, retain_graph)
-        reach = engine.reached(rows)
-        matrix = mean_across_ranks(engine.jacobian(rows, params, range(len(params))))
+        pieces, reach = self._objective_pieces(losses, params, seed, retain_graph)
         if scale is not None:
-            matrix = matrix / scale
+            pieces = [piece / scale for piece in pieces]
         beta1, beta2 = self.moments  # type: ignore[misc]
         k = self.num_objectives
         pending.moments = {}
         directions = []
-        for p, piece in zip(params, matrix.split([p.numel() for p in params], dim=1)):
+        for p, piece in zip(params, pieces):
             state = self.state.get(p, {})
             seen = "objective_exp_avg" in state
             first, second = (
-                (state["objective_exp_avg"].view(k, -1), state["objective_exp_avg_sq"].view(k, -1))
+                (local(state["objective_exp_avg"]).view(k, -1), local(state["objective_exp_avg_sq"]).view(k, -1))
                 if seen
                 else (torch.zeros_like(piece),) * 2  # a parameter's first step
             )
@@ -249,8 +240,8 @@ class JacobianDescent(MultiObjectiveOptimizer):
             pending.moments[p] = (exp_avg, exp_avg_sq)
             t = state["objective_step"] + 1 if seen else torch.ones((), device=piece.device)
             directions.append((exp_avg / (1 - beta1**t)) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + _MOMENT_EPS))
-        shared = [u for u, objectives in zip(directions, reach) if len(objectives) > 1]
-        weights = weigh(_gram_float64(shared or [matrix[:, :0]]), matrix.dtype)
+        shared = [(u, p) for u, p, objectives in zip(directions, params, reach) if len(objectives) > 1]
+        weights = weigh(self._shared_gram(shared, pieces[0]), pieces[0].dtype)
         # shared entries: sum_i w_i u_i; an entry one objective reaches: that objective's u_i
         for p, u, objectives in zip(params, directions, reach):
             if objectives:
@@ -258,8 +249,38 @@ class JacobianDescent(MultiObjectiveOptimizer):
                     direction = weights @ u
                 else:
                     (direction,) = engine.head_gradients(self.heads, weights, objectives, [u[objectives[0]]])
-                engine.accumulate([p], [direction if scale is None else direction * scale])
+                direction = direction if scale is None else direction * scale
+                if is_sharded(p):
+                    direction = sharded_like(direction.view_as(local(p.detach())), p)
+                engine.accumulate([p], [direction])
         return weights
+
+    def _objective_pieces(
+        self, losses: Tensor, params: list[Tensor], seed: Tensor, retain_graph: bool
+    ) -> tuple[list[Tensor], list[list[int]]]:
+        """Each parameter's ``k x n`` block of the Jacobian (its local shard's, for a DTensor; a plain
+        parameter's averaged across ranks), and which objectives reach it."""
+        if not self._sharded:
+            rows = engine.objective_gradients(losses, params, seed, retain_graph)
+            matrix = mean_across_ranks(engine.jacobian(rows, params, range(len(params))))
+            return list(matrix.split([p.numel() for p in params], dim=1)), engine.reached(rows)
+        rows = engine.backward_gradients(losses, params, seed, retain_graph)
+        shards = [local(p.detach()) for p in params]
+        local_rows = [tuple(None if g is None else local(g) for g in row) for row in rows]
+        plain = [j for j, p in enumerate(params) if not is_sharded(p)]
+        averaged = mean_across_ranks(engine.jacobian(local_rows, shards, plain))  # as under DDP
+        pieces = dict(zip(plain, averaged.split([shards[j].numel() for j in plain], dim=1)))
+        pieces |= {j: engine.jacobian(local_rows, shards, [j]) for j, p in enumerate(params) if is_sharded(p)}
+        return [pieces[j] for j in range(len(params))], engine.reached(rows)
+
+    def _shared_gram(self, shared: list[tuple[Tensor, Tensor]], like: Tensor) -> Tensor:
+        """The float64 Gram matrix of the shared parameters' directions ``(u, p)``; with DTensor parameters,
+        each local block weighted by :func:`~torch_moo._sharding.shard_weight` and summed over the ranks."""
+        gram = _gram_float64([u for u, p in shared if not is_sharded(p)] or [like[:, :0]])
+        if not self._sharded:
+            return gram
+        blocks = (shard_weight(p) * _gram_float64([u]) for u, p in shared if is_sharded(p))
+        return gram + sum_across_ranks(sum(blocks, torch.zeros_like(gram)))
 
     def _commit(self, values: Tensor) -> None:
         """Store the step's moments where they exist, before the base step: a controller's regrowth in the
@@ -277,7 +298,8 @@ class JacobianDescent(MultiObjectiveOptimizer):
                 self._pending.moments[p] = (exp_avg, exp_avg_sq)
                 continue
             for key, new in (("objective_exp_avg", exp_avg), ("objective_exp_avg_sq", exp_avg_sq)):
-                state[key].copy_(torch.where(finite, new.view_as(state[key]), state[key]))
+                kept = local(state[key])
+                kept.copy_(torch.where(finite, new.view_as(kept), kept))
             state["objective_step"] += finite
         self._pending.moments_finite = finite
 
@@ -287,11 +309,36 @@ class JacobianDescent(MultiObjectiveOptimizer):
         if finite is None or moments is None:
             return
         for p, (exp_avg, exp_avg_sq) in moments.items():
-            shape = (self.num_objectives, *p.shape)
             state = self.state[p]
-            state["objective_exp_avg"] = torch.where(finite, exp_avg, 0.0).view(shape)
-            state["objective_exp_avg_sq"] = torch.where(finite, exp_avg_sq, 0.0).view(shape)
+            state["objective_exp_avg"] = self._moment(p, torch.where(finite, exp_avg, 0.0))
+            state["objective_exp_avg_sq"] = self._moment(p, torch.where(finite, exp_avg_sq, 0.0))
             state["objective_step"] = finite.to(torch.float32).clone()
+
+    def _init_state(self) -> bool:
+        """Zero moments for the parameters that have none yet, as a checkpoint to load into needs them
+        (:mod:`torch_moo.checkpoint`); whether any were made. A step from zero moments at step 0 is the
+        first step."""
+        if self.moments is None:
+            return False
+        made = False
+        for p in self._params():
+            state = self.state[p]
+            if "objective_exp_avg" not in state:
+                shard = local(p.detach())
+                for key in ("objective_exp_avg", "objective_exp_avg_sq"):
+                    state[key] = self._moment(p, shard.new_zeros(self.num_objectives, shard.numel()))
+                state["objective_step"] = torch.zeros((), device=shard.device)
+                made = True
+        return made
+
+    def _moment(self, p: Tensor, values: Tensor) -> Tensor:
+        """``values`` (``k`` rows over ``p``'s local entries) as ``p``'s moment state of shape ``(k, *p.shape)``;
+        for a DTensor ``p``, a DTensor sharded like ``p`` along the parameter's dimensions."""
+        if not is_sharded(p):
+            return values.view(self.num_objectives, *p.shape)
+        moment = torch.stack([torch.zeros_like(p.detach())] * self.num_objectives)  # DTensor placements, shifted
+        local(moment).copy_(values.view_as(local(moment)))
+        return moment
 
     def _settings(self) -> dict[str, Any]:
         return {"weighting": type(self.weighting).__name__, **self.weighting.config(), **self._mode()}
