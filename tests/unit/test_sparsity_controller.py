@@ -5,10 +5,13 @@ import copy
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 import torch_moo as tm
-from tests.helpers import assert_resumes
+from tests.helpers import assert_resumes, free_port
 from torch_moo.sparsity import CubicSparsity, SparsityController
 
 
@@ -302,3 +305,100 @@ def test_a_controller_built_from_a_state_dict_keeps_restored_weights():
     assert not all(
         torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), weights.values())
     )  # the trap it avoids
+
+
+@pytest.fixture
+def one_rank():
+    """A one-rank gloo process group: FSDP2 holds the parameters as DTensors (one shard each) in this process."""
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def sharded_mlp() -> nn.Sequential:
+    model = mlp()
+    for layer in model[::2]:
+        fully_shard(layer)
+    return fully_shard(model)
+
+
+SHARDED_MODES = {
+    "magnitude": dict(sparsity=0.8),
+    "threshold": dict(sparsity=0.5, threshold=0.05),
+    "gradual": dict(sparsity=CubicSparsity(0.8, 0, 6), update_every=2),
+    "random": dict(sparsity=0.8, regrow="random", update_every=2),
+    "exploration": dict(sparsity=0.8, regrow="exploration", exploration=0.1, update_every=2),
+    "row": dict(sparsity=0.5, regrow="gradient", update_every=2, drop_fraction=0.5, structure="row"),
+}
+
+
+@pytest.mark.parametrize("mode", SHARDED_MODES)
+def test_dtensor_parameters_train_exactly_as_plain_ones(one_rank, mode):
+    # one rank: FSDP2's reductions are identities, so every mask and weight is bit-identical
+    # (two ranks against one process: tests/integration/test_fsdp_sparsity.py)
+    runs = []
+    for model in (mlp(), sharded_mlp()):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        generator = torch.Generator().manual_seed(3)
+        controller = SparsityController(opt, model=model, generator=generator, **SHARDED_MODES[mode])
+        train_mlp(model, opt, 5)
+        runs.append((model, opt, controller))
+    (plain, plain_opt, expected), (sharded, sharded_opt, controller) = runs
+    for name, mask in controller.masks.items():
+        assert isinstance(mask, DTensor) and mask.placements == sharded.get_parameter(name).placements
+        assert torch.equal(mask.full_tensor(), expected.masks[name]), name
+    for a, b in zip(plain.parameters(), sharded.parameters()):
+        assert torch.equal(a, b.full_tensor())
+    for a, b in zip(weights(plain), weights(sharded)):
+        for key, value in plain_opt.state[a].items():
+            assert torch.equal(value, whole(sharded_opt.state[b][key])), key
+    assert controller.sparsity() == expected.sparsity()
+    # the plain path takes a float32 mean, the sharded one count / size in float64: 1e-6 covers float32's rounding
+    assert controller.layer_sparsity() == pytest.approx(expected.layer_sparsity(), rel=1e-6)
+    if mode in ("random", "exploration", "row"):
+        assert controller.coverage() == expected.coverage()
+
+
+def test_dtensor_state_dicts_hold_dtensors_and_load_from_plain_and_sharded_states(one_rank):
+    options = dict(sparsity=0.8, regrow="exploration", update_every=2)
+    plain = mlp()
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    plain_controller = SparsityController(plain_opt, model=plain, generator=torch.Generator().manual_seed(3), **options)
+    train_mlp(plain, plain_opt, 5)
+    plain_state = plain_controller.state_dict()  # today's format: whole plain tensors
+
+    model = sharded_mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    controller = SparsityController(opt, model=model, state_dict=plain_state, **options)  # each rank cuts its piece
+    saved = controller.state_dict()
+    for mask, counter, name in zip(saved["masks"], saved["active_updates"], controller.names):
+        placements = model.get_parameter(name).placements
+        assert isinstance(mask, DTensor) and mask.placements == placements
+        assert isinstance(counter, DTensor) and counter.placements == placements
+    assert_same_state(saved, plain_state)
+    copy_ = mlp()
+    other = SparsityController(torch.optim.Adam(copy_.parameters()), model=copy_, **options)  # plain, from DTensors
+    other.load_state_dict(saved)
+    assert_same_state(other.state_dict(), plain_state)
+    controller.remove()
+    again = SparsityController(opt, model=model, **options)  # a DTensor controller from DTensors
+    again.load_state_dict(saved)
+    assert_same_state(again.state_dict(), plain_state)
+    with pytest.raises(ValueError, match="gather them into an unsharded model"):
+        again.export()
+
+
+def assert_same_state(state, expected):
+    """Controller state dicts (plain or of DTensors) alike, tensors compared whole (generators aside)."""
+    assert state.keys() == expected.keys()
+    for key, value in state.items():
+        if key in ("masks", "active_updates"):
+            assert all(torch.equal(whole(a), b) for a, b in zip(value, expected[key], strict=True)), key
+        elif key != "generator":
+            assert value == expected[key], key

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from torch_moo._layout import DENSE, Layout, parameter_layouts
+from torch_moo._sharding import full, is_sharded, local, local_part, sharded_like
 from torch_moo._validation import (
     check_choice,
     check_count,
@@ -102,6 +103,24 @@ class SparsityController:
     Under :mod:`torch.distributed` every rank applies rank 0's masks (one broadcast per
     topology update); ties in every score are broken by index, so equal scores give equal masks.
     The threshold rule needs no communication: under DDP the weights are equal on every rank.
+
+    Parameters held as DTensors (FSDP2's ``fully_shard``, tensor parallelism, both on a 2-D mesh)
+    are masked shard by shard: element masks, active-update counters and multipliers have the
+    shape of the local shard (``p.to_local()``), and every step's work (re-masking weights and
+    gradients, the element threshold rule, optimizer-state resets: Adam's moments are DTensors
+    too) runs in the same foreach ops on the local shards. Structured masks (one entry per row or
+    column) are small and held whole on every rank. A decision (the initial topology, an update,
+    the structured threshold rule, whose unit norms cross shard boundaries) gathers what it needs
+    one layer at a time (its weights, gradients, masks, counters), decides exactly as one
+    process would on the full tensors, ties included, and keeps this rank's piece: peak
+    transient memory is a few full copies of the largest masked layer. Random draws are rank
+    0's (one broadcast of the layer's mask). As under DDP, every rank masks the same parameters
+    (a copy or a piece of each: a DTensor's mesh may be a sub-mesh, such as the data-parallel
+    one of a 2-D mesh). :attr:`masks` are then DTensors with the parameters' placements and
+    :meth:`state_dict` saves them so (:mod:`torch.distributed.checkpoint` reshards them to another
+    world size); :meth:`sparsity`, :meth:`layer_sparsity`, :meth:`coverage` and
+    :meth:`load_state_dict` gather counts, so every rank must call them. :meth:`export` needs
+    whole weights: gather them into a plain model first.
 
     On an accelerator no step waits for the device (no host read, topology updates included: the
     controller keeps each layer's active count); between updates a step adds two foreach
@@ -224,6 +243,8 @@ class SparsityController:
                     f"structure={self.structure!r} needs parameters of 2+ dimensions; "
                     f"{name} has shape {tuple(param.shape)}"
                 )
+        # element masks of a DTensor are held per local shard; every other mask whole
+        self._pieces = [is_sharded(p) and self.structure == "element" for p in self._params]
         self.distribution = _check_distribution(distribution, self.names)
         self.step_count = 0
         self._prepared = False
@@ -231,26 +252,31 @@ class SparsityController:
         self._active = self._counts(target)
         if state_dict is not None:  # placeholders of the right shapes: load_state_dict replaces them
             self._masks = [
-                torch.ones(_unit_shape(p, self.structure, layout), dtype=torch.bool, device=p.device)
-                for p, layout in zip(self._params, self._layouts)
+                torch.ones(self._held_shape(i), dtype=torch.bool, device=p.device) for i, p in enumerate(self._params)
             ]
         elif self.regrow is None:
-            self._masks = [
-                top_count(unit_norms(p, self.structure, layout), count)
-                for p, layout, count in zip(self._params, self._layouts, self._active)
-            ]
+            with torch.no_grad():  # full() of a parameter: no graph
+                self._masks = [
+                    self._own(i, top_count(unit_norms(full(p), self.structure, layout), count))
+                    for i, (p, layout, count) in enumerate(zip(self._params, self._layouts, self._active))
+                ]
         else:
             self._masks = [
-                top_count(
-                    torch.rand(_unit_shape(p, self.structure, layout), generator=generator, device=p.device), count
+                self._own(
+                    i,
+                    top_count(
+                        torch.rand(_unit_shape(p, self.structure, layout), generator=generator, device=p.device),
+                        count,
+                    ),
+                    drawn=True,
                 )
-                for p, layout, count in zip(self._params, self._layouts, self._active)
+                for i, (p, layout, count) in enumerate(zip(self._params, self._layouts, self._active))
             ]
         self._active_updates = (
             None if self.regrow is None else [torch.zeros_like(m, dtype=torch.int32) for m in self._masks]
         )
         if state_dict is None:
-            self._masks = _broadcast(self._masks)
+            self._masks = _broadcast(self._masks, self._params)
             self._apply_topology(previous=None)
         else:
             self.load_state_dict(state_dict)
@@ -321,18 +347,18 @@ class SparsityController:
             self._prepared = True
             if self._update_due():
                 self._update()
-        pairs = [(p.grad, m) for p, m in zip(self._params, self._multipliers) if p.grad is not None]
+        pairs = [(local(p.grad), m) for p, m in zip(self._params, self._multipliers) if p.grad is not None]
         if pairs:
             grads, multipliers = zip(*pairs)
             torch._foreach_mul_(list(grads), list(multipliers))
 
     @torch.no_grad()
     def _remask(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
-        torch._foreach_mul_(self._params, self._multipliers)
+        torch._foreach_mul_(self._shards(), self._multipliers)
 
     @torch.no_grad()
     def _post_step(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
-        torch._foreach_mul_(self._params, self._multipliers)
+        torch._foreach_mul_(self._shards(), self._multipliers)
         if self.threshold is not None:
             self._prune_below(self.threshold)
         self.step_count += 1
@@ -346,19 +372,18 @@ class SparsityController:
         masks, as the multipliers :math:`\max(\operatorname{sign}(\|w_j\| - \tau), 0) = [\|w_j\| > \tau]`
         (a NaN unit is pruned: its sign is 0), multiply the weights and their optimizer state. The
         boolean masks are made from them when next read (:meth:`state_dict`, :meth:`sparsity`, ...).
+        Element masks of DTensors are pruned on their local shards; a structured rule gathers each
+        sharded layer (its unit norms cross shard boundaries).
         """
         if self.structure == "element":
-            kept = list(torch._foreach_abs([p.float() for p in self._params]))
+            kept = list(torch._foreach_abs([w.float() for w in self._shards()]))
         else:
-            kept = [unit_norms(p, self.structure, layout) for p, layout in zip(self._params, self._layouts)]
+            kept = [unit_norms(full(p), self.structure, layout) for p, layout in zip(self._params, self._layouts)]
         torch._foreach_sub_(kept, threshold)
         torch._foreach_sign_(kept)
         torch._foreach_clamp_min_(kept, 0.0)
-        self._multipliers = [
-            expand(k, p.shape, self.structure, layout).to(p.dtype)
-            for p, layout, k in zip(self._params, self._layouts, kept)
-        ]
-        torch._foreach_mul_(self._params, self._multipliers)
+        self._multipliers = [self._multiplier(i, k) for i, k in enumerate(kept)]
+        torch._foreach_mul_(self._shards(), self._multipliers)
         self._reset_state(self._multipliers)
         self._kept = kept
 
@@ -377,70 +402,138 @@ class SparsityController:
             counts = self._counts(_fraction("sparsity schedule value", schedule(t)))
             self._active = [min(count, active) for count, active in zip(counts, self._active)]
             self._masks = [
-                top_count(torch.where(m, unit_norms(p, self.structure, layout), -math.inf), count)
-                for p, layout, m, count in zip(self._params, self._layouts, previous, self._active)
+                self._own(
+                    i,
+                    top_count(
+                        torch.where(self._whole(i, m), unit_norms(full(p), self.structure, layout), -math.inf), count
+                    ),
+                )
+                for i, (p, layout, m, count) in enumerate(zip(self._params, self._layouts, previous, self._active))
             ]
         elif counters is not None:
             fraction = self.drop_fraction
             if self.drop_schedule == "cosine" and self.stop_after is not None:
                 fraction = cosine_fraction(t, self.drop_fraction, self.stop_after)
             masks, counted = [], []  # built aside: an error on the way leaves masks and counters as they were
-            for p, layout, m, active, active_updates in zip(
-                self._params, self._layouts, previous, self._active, counters
+            for i, (p, layout, m, active, active_updates) in enumerate(
+                zip(self._params, self._layouts, previous, self._active, counters)
             ):
                 counted.append(active_updates + m)
-                growth = self._growth(p, layout, counted[-1], t)
-                magnitude = unit_norms(p, self.structure, layout)
-                masks.append(drop_and_grow(m, magnitude, growth, int(fraction * active), active))
+                growth = self._growth(i, counted[-1], t)
+                magnitude = unit_norms(full(p), self.structure, layout)
+                whole = drop_and_grow(self._whole(i, m), magnitude, growth, int(fraction * active), active)
+                masks.append(self._own(i, whole, drawn=self.regrow == "random"))
             self._masks, self._active_updates = masks, counted
-        self._masks = _broadcast(self._masks)
+        self._masks = _broadcast(self._masks, self._params)
         self._apply_topology(previous)
 
-    def _growth(self, param: Tensor, layout: Layout, active_updates: Tensor, step: int) -> Tensor:
+    def _growth(self, index: int, active_updates: Tensor, step: int) -> Tensor:
+        """The growth scores of parameter ``index``'s units, whole (a sharded layer's gathered)."""
+        param, layout = self._params[index], self._layouts[index]
         shape = _unit_shape(param, self.structure, layout)
         if self.regrow == "random":
             return torch.rand(shape, generator=self.generator, device=param.device)
         gradient = (
             torch.zeros(shape, device=param.device)
             if param.grad is None
-            else unit_norms(param.grad, self.structure, layout)
+            else unit_norms(full(param.grad), self.structure, layout)
         )
         if self.regrow == "exploration" and self.exploration > 0:
-            gradient = gradient + exploration_bonus(active_updates, step, self.exploration)
+            gradient = gradient + exploration_bonus(self._whole(index, active_updates), step, self.exploration)
         return gradient
+
+    # ------------------------------------------------------------------------- sharding
+    def _shards(self) -> list[Tensor]:
+        """The masked parameters' local shards (views: writing them writes the parameters), taken afresh
+        at each use (FSDP2 may move a shard's storage); the parameters themselves when not sharded."""
+        return [local(p) for p in self._params]
+
+    def _held_shape(self, index: int) -> tuple[int, ...]:
+        """The shape of the mask held for parameter ``index``: its local shard's for element masks of a DTensor."""
+        param = self._params[index]
+        return (
+            tuple(local(param).shape)
+            if self._pieces[index]
+            else _unit_shape(param, self.structure, self._layouts[index])
+        )
+
+    def _whole(self, index: int, held: Tensor) -> Tensor:
+        """The full unit-shaped tensor of which ``held`` (a mask or counter) is this rank's piece (an all-gather)."""
+        return full(sharded_like(held, self._params[index])) if self._pieces[index] else held
+
+    def _own(self, index: int, whole: Tensor, *, drawn: bool = False) -> Tensor:
+        """This rank's piece of ``whole``, a full unit mask decided on every rank from the same gathered
+        tensors; ``drawn`` (from random draws, which differ across ranks): rank 0's, one broadcast.
+        ``whole`` itself for a parameter that is not sharded (:func:`_broadcast` sends those, in one go)."""
+        param = self._params[index]
+        if not is_sharded(param):
+            return whole
+        if drawn:
+            (whole,) = broadcast_from_first([whole])
+        return local_part(whole, param) if self._pieces[index] else whole
+
+    def _multiplier(self, index: int, units: Tensor) -> Tensor:
+        """A held unit mask (or kept scores) as the multiplier of the parameter's local shard."""
+        param, layout = self._params[index], self._layouts[index]
+        weights = expand(units, param.shape, self.structure, layout)
+        if is_sharded(param) and not self._pieces[index]:  # a whole structured mask: cut this rank's piece
+            weights = local_part(weights, param)
+        return weights.to(param.dtype)
+
+    def _count(self, index: int, held: Tensor) -> Tensor:
+        """The number of ``True`` units in the full tensor of which ``held`` is this rank's piece (0-d)."""
+        return full(sharded_like(held, self._params[index]).sum()) if self._pieces[index] else held.sum()
+
+    def _size(self, index: int) -> int:
+        """The number of units of parameter ``index`` (all of them, whichever rank holds them)."""
+        return math.prod(_unit_shape(self._params[index], self.structure, self._layouts[index]))
+
+    def _take(self, index: int, saved: Tensor) -> Tensor:
+        """The tensor to hold for parameter ``index`` from a saved full one: a plain tensor (the same on every
+        rank) or a DTensor of any placements (as :mod:`torch.distributed.checkpoint` loads it); a copy on the
+        parameter's device."""
+        param = self._params[index]
+        if is_sharded(saved):
+            same = is_sharded(param) and (saved.device_mesh, saved.placements) == (
+                param.device_mesh,
+                param.placements,
+            )
+            if self._pieces[index] and same:
+                return local(saved).to(param.device, copy=True)
+            saved = full(saved)
+        if self._pieces[index]:
+            return local_part(saved.to(param.device, copy=True), param)
+        return saved.to(param.device, copy=True)
+
+    def _saved(self, index: int, held: Tensor) -> Tensor:
+        """A copy of ``held`` to save: a DTensor with the parameter's placements for a per-shard one."""
+        return sharded_like(held.clone(), self._params[index]) if self._pieces[index] else held.clone()
 
     @torch.no_grad()
     def _apply_topology(self, previous: list[Tensor] | None) -> None:
         """Rebuild the multipliers, zero pruned weights and reset optimizer state of changed units."""
         masks = self._masks
-        self._multipliers = [
-            expand(m, p.shape, self.structure, layout).to(p.dtype)
-            for p, layout, m in zip(self._params, self._layouts, masks)
-        ]
-        torch._foreach_mul_(self._params, self._multipliers)
+        self._multipliers = [self._multiplier(i, m) for i, m in enumerate(masks)]
+        torch._foreach_mul_(self._shards(), self._multipliers)
         if previous is None:
             self._reset_state(self._multipliers)
         else:
-            self._reset_state(
-                [
-                    expand(m & before, p.shape, self.structure, layout).to(p.dtype)
-                    for p, layout, m, before in zip(self._params, self._layouts, masks, previous)
-                ]
-            )
+            self._reset_state([self._multiplier(i, m & before) for i, (m, before) in enumerate(zip(masks, previous))])
 
     def _reset_state(self, keeps: list[Tensor]) -> None:
         """Zero the optimizer state where ``keeps`` (one multiplier per parameter) is 0: every state tensor
         shaped like its parameter (the base's) or ``k`` times it (per objective: JacobianDescent's moments),
-        floating ones in one foreach multiplication."""
+        floating ones in one foreach multiplication; a DTensor's (Adam's moments of a sharded parameter)
+        on its local shard."""
         values, multipliers = [], []
         for p, keep in zip(self._params, keeps):
             for value in self._optimizer.state.get(p, {}).values():
                 if isinstance(value, Tensor) and value.dim() - p.dim() in (0, 1) and value.shape[-p.dim() :] == p.shape:
                     if value.is_floating_point():
-                        values.append(value)
+                        values.append(local(value))
                         multipliers.append(keep)
                     else:
-                        value.masked_fill_(keep == 0, 0)
+                        local(value).masked_fill_(keep == 0, 0)
         if values:
             torch._foreach_mul_(values, multipliers)
 
@@ -464,49 +557,85 @@ class SparsityController:
 
     @property
     def masks(self) -> dict[str, Tensor]:
-        """A copy of each parameter's boolean mask, shaped like the parameter, by name."""
-        return {
-            name: expand(m, p.shape, self.structure, layout).clone()
-            for name, p, layout, m in zip(self.names, self._params, self._layouts, self._masks)
-        }
+        """A copy of each parameter's boolean mask, shaped like the parameter, by name: for a DTensor
+        parameter a DTensor with its placements (``mask.full_tensor()`` gathers it; ``mask.to_local()``
+        is the local shard's)."""
+        return {name: self._public_mask(i, m) for i, (name, m) in enumerate(zip(self.names, self._masks))}
+
+    def _public_mask(self, index: int, held: Tensor) -> Tensor:
+        param, layout = self._params[index], self._layouts[index]
+        if not is_sharded(param):
+            return expand(held, param.shape, self.structure, layout).clone()
+        if self._pieces[index]:
+            return sharded_like(held.clone(), param)
+        return sharded_like(local_part(expand(held, param.shape, self.structure, layout), param), param)
 
     def layer_sparsity(self) -> dict[str, float]:
         """The fraction of pruned weights per masked parameter (a host synchronisation; for logging)."""
-        return {name: 1.0 - float(m.float().mean()) for name, m in zip(self.names, self._masks)}
+        return {
+            name: 1.0 - (float(self._count(i, m)) / self._size(i) if self._pieces[i] else float(m.float().mean()))
+            for i, (name, m) in enumerate(zip(self.names, self._masks))
+        }
 
     def sparsity(self) -> float:
         """The fraction of pruned units over all masked parameters (a host synchronisation; for logging)."""
-        return 1.0 - _total([m.sum() for m in self._masks]) / sum(m.numel() for m in self._masks)
+        total = sum(self._size(i) for i in range(len(self._params)))
+        return 1.0 - _total([self._count(i, m) for i, m in enumerate(self._masks)]) / total
 
     def coverage(self) -> float:
         """The fraction of units ever active since the controller attached (dynamic sparse training only)."""
         if self._active_updates is None:
             raise RuntimeError("coverage() is tracked by dynamic sparse training; this controller has regrow=None")
-        ever = _total([((n > 0) | m).sum() for n, m in zip(self._active_updates, self._masks)])
-        return ever / sum(m.numel() for m in self._masks)
+        ever = _total([self._count(i, (n > 0) | m) for i, (n, m) in enumerate(zip(self._active_updates, self._masks))])
+        return ever / sum(self._size(i) for i in range(len(self._params)))
 
     def export(self, *, layout: torch.layout = torch.sparse_csr, min_sparsity: float = 0.9) -> nn.Module:
         """A copy of ``model`` for inference whose sparse linear layers run on ``torch.sparse`` (see
-        :func:`~torch_moo.sparsity.to_sparse`); the training model is left as it is."""
+        :func:`~torch_moo.sparsity.to_sparse`); the training model is left as it is.
+
+        Raises:
+            ValueError: without ``model``, or when its masked parameters are DTensors (each rank holds a
+                piece): gather the weights into a plain model first (e.g.
+                ``torch.distributed.checkpoint.state_dict.get_model_state_dict`` with
+                ``full_state_dict=True``, loaded into an unsharded copy) and call
+                :func:`~torch_moo.sparsity.to_sparse` on it.
+        """
         if self.model is None:
             raise ValueError("export() needs the model: pass model= when creating the SparsityController")
+        sharded = [name for name, p in zip(self.names, self._params) if is_sharded(p)]
+        if sharded:
+            raise ValueError(
+                f"export() needs whole weights, but {sharded} are DTensors (FSDP2 or tensor parallel shards): "
+                "gather them into an unsharded model first (get_model_state_dict(model, "
+                "options=StateDictOptions(full_state_dict=True)) loaded into a plain copy) and call to_sparse on it"
+            )
         return to_sparse(self.model, layout=layout, min_sparsity=min_sparsity)
 
     def state_dict(self) -> dict[str, Any]:
-        """Masks, update counters, the step count and the generator's state, with the configuration."""
+        """Masks, update counters, the step count and the generator's state, with the configuration.
+
+        The element masks and counters of a DTensor parameter are DTensors with its placements, so
+        :mod:`torch.distributed.checkpoint` saves each piece once and loads them at another world size;
+        structured masks are whole plain tensors, the same on every rank."""
         return {
             "config": self._config(),
             "names": list(self.names),
             "shapes": [tuple(p.shape) for p in self._params],
             "step": self.step_count,
             "active": list(self._active),
-            "masks": [m.clone() for m in self._masks],
-            "active_updates": None if self._active_updates is None else [n.clone() for n in self._active_updates],
+            "masks": [self._saved(i, m) for i, m in enumerate(self._masks)],
+            "active_updates": None
+            if self._active_updates is None
+            else [self._saved(i, n) for i, n in enumerate(self._active_updates)],
             "generator": None if self.generator is None else self.generator.get_state(),
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the weights are masked and pruned optimizer state reset again.
+
+        Masks and counters may be plain tensors of the full shape (each rank keeps its piece of a
+        sharded parameter's) or DTensors of any placements (as :mod:`torch.distributed.checkpoint`
+        loads them into this controller's :meth:`state_dict`, resharded to this world size).
 
         Every entry is checked before anything changes, so a load either succeeds entirely or
         changes nothing (masks, counters, generator, weights, optimizer state).
@@ -565,11 +694,11 @@ class SparsityController:
                 )
             where = f"state_dict['active'][{index}] ({name})"
             check_saved_count(where, active, below=mask.numel() + 1)
-            kept = int(mask.sum())
+            kept = int(full(mask.sum()))
             if kept != active if self.regrow is not None else kept > active:
                 rule = "regrowth keeps them equal" if self.regrow is not None else "pruning keeps at most that many"
                 raise ValueError(f"{where} is {active}, but its mask keeps {kept} units ({rule})")
-            masks.append(mask.to(p.device, copy=True))
+            masks.append(self._take(index, mask))
         check_saved_count("state_dict['step']", saved["step"])
         generator = saved["generator"]
         if generator is not None:
@@ -585,10 +714,11 @@ class SparsityController:
                     raise ValueError(
                         f"state_dict['generator'] is not a state of this controller's generator: {error}"
                     ) from error
-        return masks, self._check_active_updates(saved["active_updates"], masks)
+        return masks, self._check_active_updates(saved["active_updates"], saved["masks"])
 
     def _check_active_updates(self, saved: object, masks: list[Tensor]) -> list[Tensor] | None:
-        """The saved active-update counters as int32 copies (``None`` under pruning, which keeps none)."""
+        """The saved active-update counters (checked against the saved ``masks``) as int32 copies, held as
+        the masks are (``None`` under pruning, which keeps none)."""
         if self.regrow is None:
             if saved is not None:
                 raise ValueError(
@@ -608,13 +738,13 @@ class SparsityController:
                 and not counter.is_floating_point()
                 and not counter.is_complex()
                 and counter.dtype != torch.bool
-                and bool((counter >= 0).all())
+                and bool((local(counter) >= 0).all())
             ):
                 raise ValueError(
                     f"state_dict['active_updates'][{index}] ({name}) must be a tensor of non-negative integers "
                     f"of shape {tuple(mask.shape)}, got {describe(counter)}"
                 )
-            counters.append(counter.to(mask.device, torch.int32, copy=True))
+            counters.append(self._take(index, counter).to(torch.int32))
         return counters
 
     def _config(self) -> dict[str, Any]:
@@ -639,12 +769,14 @@ class SparsityController:
         )
 
 
-def _broadcast(masks: list[Tensor]) -> list[Tensor]:
-    """Rank 0's masks (under :mod:`torch.distributed`), one broadcast per device: each stays on its parameter's."""
+def _broadcast(masks: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+    """Rank 0's masks (under :mod:`torch.distributed`), one broadcast per device: each stays on its parameter's.
+    A DTensor parameter's mask is left as it is (decided on gathered tensors: ``SparsityController._own``)."""
     received = list(masks)
     by_device: dict[torch.device, list[int]] = {}
-    for index, mask in enumerate(masks):
-        by_device.setdefault(mask.device, []).append(index)
+    for index, (mask, param) in enumerate(zip(masks, params)):
+        if not is_sharded(param):
+            by_device.setdefault(mask.device, []).append(index)
     for indices in by_device.values():
         for index, mask in zip(indices, broadcast_from_first([masks[i] for i in indices])):
             received[index] = mask
