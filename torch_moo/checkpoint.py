@@ -9,7 +9,8 @@ creates the base optimizer's state alone (a state dict to load into needs every 
 per-objective moments of ``moments=`` are made here as zeros, equivalent to none).
 :func:`get_state_dict` and :func:`set_state_dict` here hand DCP the base optimizer, carry the
 method's entry (its small tensors are the same on every rank, saved once) and the
-:class:`~torch_moo.SparsityController`'s state (masks as DTensors placed like their parameters);
+:class:`~torch_moo.SparsityController`'s state (masks as DTensors placed like their parameters; the
+generator state rank 0's, whose draws every rank applies: DCP keeps one rank's copy of a plain tensor);
 :class:`TrainingState` is the same as one :class:`~torch.distributed.checkpoint.stateful.Stateful`
 entry for :func:`torch.distributed.checkpoint.save` and :func:`~torch.distributed.checkpoint.load`.
 """
@@ -24,6 +25,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torch.optim import Optimizer
 
 from torch_moo.base import STATE_KEY, MultiObjectiveOptimizer
+from torch_moo.distributed import broadcast_from_first
 from torch_moo.sparsity import SparsityController
 
 __all__ = ["TrainingState", "get_state_dict", "set_state_dict"]
@@ -54,7 +56,9 @@ def get_state_dict(
     if isinstance(optimizer, MultiObjectiveOptimizer):
         state[STATE_KEY] = optimizer.state_dict()[STATE_KEY]
     if controller is not None:
-        state["sparsity"] = controller.state_dict()
+        state["sparsity"] = sparsity = controller.state_dict()
+        if sparsity["generator"] is not None:  # rank 0's draws are the ones taken: its generator is saved
+            sparsity["generator"] = broadcast_from_first([sparsity["generator"]])[0]
     return state
 
 

@@ -18,6 +18,7 @@ from torch_moo import (
     MinMaxWeighting,
     MultiGradientDescent,
     ParetoTangentExplorer,
+    SparsityController,
     WeightedLossDescent,
 )
 from torch_moo.weightings import Uncertainty, UPGrad
@@ -35,6 +36,16 @@ METHODS = (
     "Uncertainty",
 )
 STEPS = 4
+# a controller on each Jacobian and loss-space class (ChebyshevALM and MinMaxWeighting: test_fsdp_sparsity.py),
+# every regrowth and pruning mode met at least once
+CONTROLLED = {
+    "MGDA moments": dict(sparsity=0.7, regrow="gradient"),
+    "MGDA": dict(sparsity=0.7, regrow="random"),
+    "MGDA features": dict(sparsity=0.7, regrow="exploration", exploration=0.1),
+    "UPGrad weighted heads": dict(sparsity=0.7, regrow="gradient"),
+    "Fixed": dict(sparsity=0.7),
+    "Uncertainty": dict(sparsity=0.5, threshold=0.05),
+}
 
 
 class Net(nn.Module):
@@ -67,8 +78,10 @@ def make(method: str, params) -> torch.optim.Optimizer:
     return WeightedLossDescent(params, num_objectives=2, weighting=Uncertainty(2), lr=1e-2)
 
 
-def train(model: nn.Module, method: str, part: slice, steps: range = range(STEPS), opt=None) -> torch.Tensor:
-    """Steps on ``part`` of each 64-sample batch; the weights of each step."""
+def train(
+    model: nn.Module, method: str, part: slice, steps: range = range(STEPS), opt=None, sparse=None
+) -> torch.Tensor:
+    """Steps on ``part`` of each 64-sample batch; the weights of each step (and the masks, with ``sparse``)."""
     opt = make(method, model.parameters()) if opt is None else opt
     weights = []
     for step in steps:
@@ -78,11 +91,24 @@ def train(model: nn.Module, method: str, part: slice, steps: range = range(STEPS
         losses = torch.stack([(out1 - y1[part]).square().mean(), (out2 - y2[part]).square().mean()])
         weights.append(opt.backward(losses, features=z if method == "MGDA features" else None))
         opt.step()
-    return torch.stack(weights)
+        if sparse is not None:
+            weights.append(torch.cat([full_tensor(m).flatten().float() for m in sparse.masks.values()]))
+    return torch.cat([w.flatten() for w in weights])
+
+
+def control(model: nn.Module, opt, method: str, rank: int = 0) -> SparsityController:
+    """A controller in the mode :data:`CONTROLLED` gives ``method``; another generator on each rank (rank 0's
+    decisions are the ones taken, as the process seeded like rank 0 takes them)."""
+    generator = torch.Generator().manual_seed(100 + rank)
+    return SparsityController(opt, model=model, generator=generator, update_every=2, **CONTROLLED[method])
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def full_parameters(model: nn.Module) -> torch.Tensor:
-    return torch.cat([getattr(p, "full_tensor", lambda p=p: p)().detach().flatten() for p in model.parameters()])
+    return torch.cat([full_tensor(p).detach().flatten() for p in model.parameters()])
 
 
 def shard(model: Net, layout: str) -> Net:
@@ -117,6 +143,11 @@ def _worker(rank: int, world_size: int, port: int, layout: str, results) -> None
         for method in METHODS:
             model = shard(Net(), layout)
             out[method] = (train(model, method, part), full_parameters(model))
+        for method in CONTROLLED:
+            model = shard(Net(), layout)
+            opt = make(method, model.parameters())
+            sparse = control(model, opt, method, rank)
+            out[method, "controlled"] = (train(model, method, part, opt=opt, sparse=sparse), full_parameters(model))
         for refused in (lambda params: ParetoTangentExplorer(params, num_objectives=2),):
             with pytest.raises(ValueError, match="does not take DTensor parameters"):
                 refused(shard(Net(), layout).parameters())
@@ -128,30 +159,45 @@ def _worker(rank: int, world_size: int, port: int, layout: str, results) -> None
 @pytest.mark.parametrize("layout", ["fsdp", "tp", "fsdp+tp"])
 def test_every_optimizer_matches_one_process_on_the_whole_batch(layout):
     results = spawn(_worker, layout)
-    for method in METHODS:
-        (w0, p0), (w1, p1) = results[0][method], results[1][method]
-        assert torch.equal(w0, w1) and torch.equal(p0, p1), method  # the ranks agree exactly
+    for key in [*METHODS, *((method, "controlled") for method in CONTROLLED)]:
+        (w0, p0), (w1, p1) = results[0][key], results[1][key]
+        assert torch.equal(w0, w1) and torch.equal(p0, p1), key  # the ranks agree exactly: weights, masks
         model = Net()
-        weights = train(model, method, slice(None))
+        method = key if isinstance(key, str) else key[0]
+        opt = make(method, model.parameters())
+        sparse = None if isinstance(key, str) else control(model, opt, method)
+        weights = train(model, method, slice(None), opt=opt, sparse=sparse)
         # Sums over 32 samples on each rank (or over a layer's shards), then over the ranks, against
         # one sum over 64: float32 reassociation, ~1e-7 relative per step, through Adam's
         # normalisation over 4 steps.
-        torch.testing.assert_close(w0, weights, rtol=1e-5, atol=1e-5, msg=method)
-        torch.testing.assert_close(p0, full_parameters(model), rtol=1e-5, atol=1e-5, msg=method)
-        assert not torch.equal(p0, full_parameters(Net())), method  # it did train
+        # The masks (0/1 in the same vector) must then be identical: the same topology decisions.
+        torch.testing.assert_close(w0, weights, rtol=1e-5, atol=1e-5, msg=str(key))
+        torch.testing.assert_close(p0, full_parameters(model), rtol=1e-5, atol=1e-5, msg=str(key))
+        if sparse is not None:
+            masks = torch.cat([m.flatten().float() for m in sparse.masks.values()])
+            assert torch.equal(w0[-masks.numel() :], masks) and not masks.all(), key  # and some are pruned
+        assert not torch.equal(p0, full_parameters(Net())), key  # it did train
 
 
 # ------------------------------------------------------------------------ distributed checkpoints
-CHECKPOINTED = ("MGDA moments", "ChebyshevALM", "Uncertainty")
+CHECKPOINTED = ("MGDA moments", "MGDA", "ChebyshevALM", "Uncertainty")  # with a controller where CONTROLLED has one
 
 
-def _full_state(model: nn.Module, opt) -> dict:
-    """The whole state gathered on every rank (plain tensors), to compare across world sizes."""
+def _full_state(model: nn.Module, opt, sparse) -> dict:
+    """The whole state as plain tensors (gathered on every rank), to compare across world sizes."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
+    from torch.utils._pytree import tree_map
 
     from torch_moo.checkpoint import get_state_dict
 
-    return copy.deepcopy(get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True)))
+    state = get_state_dict(model, opt, sparse, options=StateDictOptions(full_state_dict=True))
+    return copy.deepcopy(tree_map(lambda v: full_tensor(v) if isinstance(v, torch.Tensor) else v, state))
+
+
+def _objects(layout: str | None, method: str, rank: int = 0):
+    model = Net() if layout is None else shard(Net(), layout)
+    opt = make(method, model.parameters())
+    return model, opt, control(model, opt, method, rank) if method in CONTROLLED else None
 
 
 def _checkpoint_worker(rank: int, world_size: int, port: int, root: str, results) -> None:
@@ -165,16 +211,15 @@ def _checkpoint_worker(rank: int, world_size: int, port: int, root: str, results
         part = slice(32 * rank, 32 * rank + 32)
         out = {}
         for method in CHECKPOINTED:
-            model = shard(Net(), "fsdp")
-            opt = make(method, model.parameters())
-            train(model, method, part, range(2), opt)
-            dcp.save({"train": TrainingState(model, opt)}, checkpoint_id=f"{root}/{method}")
-            saved = _full_state(model, opt)
-            straight = train(model, method, part, range(2, 4), opt), full_parameters(model)
-            model = shard(Net(), "fsdp")  # a fresh start: new parameters, empty optimizer state
-            opt = make(method, model.parameters())
-            dcp.load({"train": TrainingState(model, opt)}, checkpoint_id=f"{root}/{method}")
-            resumed = train(model, method, part, range(2, 4), opt), full_parameters(model)
+            model, opt, sparse = _objects("fsdp", method, rank)
+            train(model, method, part, range(3), opt, sparse)
+            dcp.save({"train": TrainingState(model, opt, sparse)}, checkpoint_id=f"{root}/{method}")
+            saved = _full_state(model, opt, sparse)
+            straight = train(model, method, part, range(3, 6), opt, sparse), full_parameters(model)
+            # a fresh start: new parameters, empty optimizer state, masks of another seed
+            model, opt, sparse = _objects("fsdp", method, rank + 7)
+            dcp.load({"train": TrainingState(model, opt, sparse)}, checkpoint_id=f"{root}/{method}")
+            resumed = train(model, method, part, range(3, 6), opt, sparse), full_parameters(model)
             out[method] = (saved, straight, resumed)
         results[rank] = out
     finally:
@@ -190,15 +235,15 @@ def test_dcp_checkpoint_resumes_at_two_ranks_and_at_one(tmp_path):
     results = spawn(_checkpoint_worker, str(tmp_path))
     for method in CHECKPOINTED:
         saved, (w_straight, p_straight), (w_resumed, p_resumed) = results[0][method]
-        # at 2 ranks: resuming from the checkpoint is the run that never stopped, bit for bit
+        # at 2 ranks: resuming from the checkpoint is the run that never stopped, bit for bit (a
+        # topology update at step 4 included: random regrowth draws from the saved generator state)
         assert torch.equal(w_resumed, w_straight) and torch.equal(p_resumed, p_straight), method
         # at 1 rank (no process group, a plain model): the state loads whole, bit for bit ...
-        model = Net()
-        opt = make(method, model.parameters())
+        model, opt, sparse = _objects(None, method, 5)
         with pytest.warns(UserWarning, match="single process"):
-            dcp.load({"train": TrainingState(model, opt)}, checkpoint_id=str(tmp_path / method))
-        assert_same_state_dict(_full_state(model, opt), saved)
+            dcp.load({"train": TrainingState(model, opt, sparse)}, checkpoint_id=str(tmp_path / method))
+        assert_same_state_dict(_full_state(model, opt, sparse), saved)
         # ... and training goes on from it on the whole batch: the 2-rank run up to reassociation
-        weights = train(model, method, slice(None), range(2, 4), opt)
+        weights = train(model, method, slice(None), range(3, 6), opt, sparse)
         torch.testing.assert_close(weights, w_straight, rtol=1e-5, atol=1e-5, msg=method)
         torch.testing.assert_close(full_parameters(model), p_straight, rtol=1e-5, atol=1e-5, msg=method)
