@@ -95,6 +95,7 @@ def set_state_dict(
         options=options,
     )
     if isinstance(optimizer, MultiObjectiveOptimizer):
+        optimizer._share_base()  # the base's load made new state and groups: share them again (schedulers)
         optimizer._load_entry(state[STATE_KEY])
     if controller is not None:
         controller.load_state_dict(state["sparsity"])

@@ -682,6 +682,45 @@ def _(code, tmp_path, monkeypatch):
     assert_fitted(before, model)
 
 
+@outcome(
+    "docs/training_stacks.rst#2", 'checkpoint = {"train": TrainingState(model, opt, sparse)}', pytest.mark.distributed
+)
+def _(code, tmp_path, monkeypatch):
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.tensor import DTensor
+
+    from torch_moo.checkpoint import TrainingState
+
+    monkeypatch.chdir(tmp_path)  # the block writes checkpoints/epoch<e>
+    for name, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+    }.items():
+        monkeypatch.setenv(name, value)  # what torchrun sets: a world of one, FSDP2 on a one-rank mesh
+    torch.manual_seed(0)
+    model = TwoHeads()
+    before = fit(model)
+    try:
+        ns = run(code, {"dist": dist, "model": model, "loader": Batches(repeat=15), "epochs": 2})
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        assert ns["sparse"].sparsity() == pytest.approx(0.8, abs=1e-3)
+        assert_fitted(before, model)
+        trained = [p.full_tensor().detach().clone() for p in model.parameters()]
+    finally:
+        dist.destroy_process_group()
+    # the last checkpoint loads into a plain model (no process group: the pieces read whole)
+    plain = TwoHeads()
+    opt = tm.MultiGradientDescent(plain.parameters(), num_objectives=2, lr=5e-3)
+    sparse = tm.SparsityController(opt, model=plain, sparsity=0.8, regrow="exploration", update_every=10)
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.load({"train": TrainingState(plain, opt, sparse)}, checkpoint_id="checkpoints/epoch2")
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), trained, strict=True))
+    assert sparse.sparsity() == pytest.approx(0.8, abs=1e-3)
+
+
 @outcome("docs/porting.rst#1", anchor='normalization="loss+", heads="weighted"')
 def _(code, tmp_path, monkeypatch):
     model = TwoHeads()

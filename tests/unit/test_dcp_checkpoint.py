@@ -81,3 +81,13 @@ def test_a_checkpoint_saved_before_any_step_loads():
         state = get_state_dict(model, opt)
     set_state_dict(model, opt, state)
     run(model, opt, range(1))
+
+
+def test_after_a_load_the_optimizer_and_its_base_share_groups_and_state(tmp_path):
+    model, opt = build("chebyshev")
+    run(model, opt, range(2))
+    dcp.save({"train": TrainingState(model, opt)}, checkpoint_id=tmp_path)
+    dcp.load({"train": TrainingState(model, opt)}, checkpoint_id=tmp_path)
+    assert opt.param_groups is opt.base.param_groups and opt.state is opt.base.state
+    torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5).step()
+    assert opt.base.param_groups[0]["lr"] == 5e-3  # a scheduler on the optimizer reaches the base
