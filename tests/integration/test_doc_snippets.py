@@ -646,6 +646,13 @@ def _(code, tmp_path, monkeypatch):
     assert ns["opt"].tangent_residual < 1e-4
 
 
+def torchrun_environment(monkeypatch) -> None:
+    """What torchrun sets, for a world of one rank."""
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1"}
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+
 @outcome(
     "docs/training_stacks.rst#1", "tm.SparsityController(opt, model=model.module, sparsity=0.8", pytest.mark.distributed
 )
@@ -654,13 +661,7 @@ def _(code, tmp_path, monkeypatch):
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-    for name, value in {
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-    }.items():
-        monkeypatch.setenv(name, value)  # what torchrun sets
+    torchrun_environment(monkeypatch)
     model = TwoHeads()
     before = fit(model)
     dataset = TensorDataset(*Batches(repeat=15).tensors)
@@ -693,13 +694,7 @@ def _(code, tmp_path, monkeypatch):
     from torch_moo.checkpoint import TrainingState
 
     monkeypatch.chdir(tmp_path)  # the block writes checkpoints/epoch<e>
-    for name, value in {
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-    }.items():
-        monkeypatch.setenv(name, value)  # what torchrun sets: a world of one, FSDP2 on a one-rank mesh
+    torchrun_environment(monkeypatch)  # a world of one: FSDP2 on a one-rank mesh
     torch.manual_seed(0)
     model = TwoHeads()
     before = fit(model)
