@@ -279,7 +279,11 @@ class JacobianDescent(MultiObjectiveOptimizer):
         gram = _gram_float64([u for u, p in shared if not is_sharded(p)] or [like[:, :0]])
         if not self._sharded:
             return gram
-        blocks = (shard_weight(p) * _gram_float64([u]) for u, p in shared if is_sharded(p))
+        by_weight: dict[float, list[Tensor]] = {}
+        for u, p in shared:
+            if is_sharded(p):
+                by_weight.setdefault(shard_weight(p), []).append(u)
+        blocks = (c * _gram_float64(us) for c, us in by_weight.items())
         return gram + sum_across_ranks(sum(blocks, torch.zeros_like(gram)))
 
     def _commit(self, values: Tensor) -> None:

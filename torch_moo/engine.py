@@ -168,7 +168,8 @@ def backward_gradients(losses: Tensor, params: Sequence[Tensor], seed: Tensor, r
     """Each objective's gradient over ``params`` by one ``backward`` per objective, read from ``.grad``.
 
     The sharding engine (FSDP2) reduces a pass's gradients into each rank's shard only through
-    ``.grad``: ``autograd.grad`` with respect to sharded parameters finds none. The parameters'
+    ``.grad``: ``autograd.grad`` with respect to sharded parameters finds none. A ValueError when no
+    DTensor parameter receives a gradient (FSDP2's gradient synchronisation turned off). The parameters'
     ``.grad`` is kept aside and put back; a parameter outside ``params`` that the losses reach
     receives every objective's gradient, as :meth:`torch.Tensor.backward` of each would give it.
     """
@@ -186,6 +187,13 @@ def backward_gradients(losses: Tensor, params: Sequence[Tensor], seed: Tensor, r
     finally:
         for p, grad in zip(params, kept):
             p.grad = grad
+    if not any(row[j] is not None for row in rows for j, p in enumerate(params) if is_sharded(p)):
+        raise ValueError(
+            "no objective's gradient reached the DTensor parameters' .grad: the full mode reads each "
+            "objective's gradient from the shards FSDP2 reduces, so keep its gradient synchronisation on "
+            "(model.set_requires_gradient_sync(True)); to accumulate micro-batches, call backward(losses) "
+            "on each and step once"
+        )
     return rows
 
 

@@ -5,13 +5,12 @@ import copy
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 import torch_moo as tm
-from tests.helpers import assert_resumes, free_port
+from tests.helpers import assert_resumes
 from torch_moo.sparsity import CubicSparsity, SparsityController
 
 
@@ -305,16 +304,6 @@ def test_a_controller_built_from_a_state_dict_keeps_restored_weights():
     assert not all(
         torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), weights.values())
     )  # the trap it avoids
-
-
-@pytest.fixture
-def one_rank():
-    """A one-rank gloo process group: FSDP2 holds the parameters as DTensors (one shard each) in this process."""
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised in this process")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def whole(tensor: torch.Tensor) -> torch.Tensor:
