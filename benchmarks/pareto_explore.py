@@ -16,7 +16,11 @@ README's "Pareto exploration" section):
   includes the starts' training.
 * **continuation**: :func:`torch_moo.continuation.continue_front` from the same starts, given
   the exploration's budget less the starts' training (units counted by the continuation itself,
-  same cost model).
+  same cost model, a training step 1). By default its corrector trains: points above the
+  tolerance take ``--continuation-train-steps`` Adam steps (the starts' lr) on the predicted
+  weighted sum, the weights moving at most ``--continuation-weight-step`` toward the traded
+  objective per step, on paths between the starts (``directions="fill"``);
+  ``--continuation-trainer none`` gives the Newton-only continuation.
 * **weighted sum**: Adam on :math:`w^\\top L`, :math:`w` the interior points of
   :func:`~torch_moo.pareto.simplex_lattice` (``n`` runs, the budget split evenly among them).
 * **ChebyshevALM**: :class:`torch_moo.ChebyshevALM` with the same preferences, base Adam,
@@ -224,6 +228,14 @@ def run_explore(args, train_data, test_data) -> tuple[Result, Recorder, list]:
 def run_continuation(args, budget: int, starts: list[nn.Module], train_data, test_data) -> Result:
     """continue_front from the explorer's starts, given what is left of ``budget`` after their training."""
     start_cost = len(starts) * args.start_steps
+    training = {}
+    if args.continuation_trainer == "adam":
+        training = dict(
+            trainer=lambda params: torch.optim.Adam(params, lr=args.lr),
+            train_steps=args.continuation_train_steps,
+            weight_step=args.continuation_weight_step,
+            directions="fill",
+        )
     begin = time.perf_counter()
     points = continue_front(
         starts,
@@ -237,6 +249,7 @@ def run_continuation(args, budget: int, starts: list[nn.Module], train_data, tes
         damping=args.continuation_damping,
         solve_tol=args.solve_tol,
         max_iter=args.max_iter,
+        **training,
     )
     seconds = time.perf_counter() - begin
     accepted = [p for p in points if p.accepted]
@@ -246,7 +259,8 @@ def run_continuation(args, budget: int, starts: list[nn.Module], train_data, tes
         f"continuation ({len(starts)} starts, {len(points)} tried)",
         budget=start_cost + used,
         seconds=seconds,
-        note=f"{len(accepted)} accepted of {len(points)}; {used} units ({sum(p.hvps for p in points)} HVPs); "
+        note=f"{len(accepted)} accepted of {len(points)} ({sum(p.trained for p in points)} trained); {used} of "
+        f"{budget - start_cost} units ({sum(p.hvps for p in points)} HVPs); "
         f"relative KKT residual of accepted points median {residuals[len(residuals) // 2]:.1e}, "
         f"max {residuals[-1]:.1e}; {seconds:.1f} s",
     )
@@ -464,6 +478,11 @@ def main() -> None:
     parser.add_argument("--continuation-damping", type=float, default=1.0, help="continuation's delta")
     parser.add_argument("--continuation-corrections", type=int, default=3, help="continuation's Newton steps per step")
     parser.add_argument("--solve-tol", type=float, default=0.1, help="continuation's MINRES relative tolerance")
+    parser.add_argument(
+        "--continuation-trainer", choices=["adam", "none"], default="adam", help="none: Newton corrector only"
+    )
+    parser.add_argument("--continuation-train-steps", type=int, default=50, help="Adam steps per trained point")
+    parser.add_argument("--continuation-weight-step", type=float, default=0.1, help="largest weight move per step")
     parser.add_argument("--problem", choices=["twodigits", "regression"], default="twodigits")
     parser.add_argument(
         "--separation", type=float, default=3.0, help="regression: distance of the optima (concave > 1)"
@@ -481,7 +500,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.train_size, args.test_size, args.start_steps, args.explore_steps = 256, 256, 60, 2
-        args.max_iter, args.runs = 5, [2]
+        args.max_iter, args.runs, args.continuation_train_steps = 5, [2], 10
         args.regression_steps, args.regression_budget, args.nsga_gen = 100, 400, 5
         if args.plot == DEFAULT_PLOT:
             args.no_plot = True

@@ -26,15 +26,25 @@ finds the stationary point whatever its curvature, so concave parts of the front
 systems are solved by MINRES (:func:`~torch_moo.functional.minres`) on Hessian-vector products
 to a relative tolerance; the tangent's solve is warm-started from the previous tangent.
 
+On a network the starts are only as stationary as their training left them (a relative KKT
+residual of 0.1-0.2 after Adam), and Newton's steps return to that local stationary set
+instead of training on. Given ``trainer`` (the training optimizer), a step from a point above
+the tolerance is corrected by ``train_steps`` steps of that optimizer on
+:math:`\alpha'^\top f` instead (one backward each), the weights moving at most
+``weight_step`` of the way to :math:`\beta` per step (:math:`\alpha' = \alpha + t(\beta - \alpha)`,
+:math:`t \le` ``weight_step``); steps from points within tolerance are corrected by Newton,
+so stationary problems are traced exactly as without it.
+
 A step is accepted when the corrector brings the relative KKT residual
 :math:`\min_{\alpha \in \Delta} \|J^\top \alpha\| / \max_i \|\nabla f_i\|` under the path's
-tolerance and :math:`f_i` went down; the step length then grows if one Newton step sufficed.
+tolerance (a trained point: whatever its residual) and :math:`f_i` went down; the step length
+then grows if the corrector moved less than a quarter of it.
 Otherwise the step is rejected and halved; a path stops when it falls under ``min_step`` (the
 residual cannot be brought under tolerance, or the front bends back: past an end of the front
 :math:`f_i` stops improving), where :math:`J^\top \beta = 0`, or when its budget is
 spent. Cost, in backward-pass equivalents: each evaluation of :math:`J` is :math:`k`, the
-gradient of :math:`\alpha^\top f` with its graph 1, each Hessian-vector product 2; forward-only
-evaluations are free.
+gradient of :math:`\alpha^\top f` with its graph 1, each Hessian-vector product 2, each
+training step 1; forward-only evaluations are free.
 """
 
 from __future__ import annotations
@@ -71,7 +81,7 @@ class ContinuationPoint:
     step: int
     """The step's number along its path, from 1 (0 for a start)."""
     step_size: float
-    """The predictor's step length :math:`s` (0 for a start)."""
+    """The predictor's length in the parameters: :math:`s`, or less where ``weight_step`` capped it (0 at a start)."""
     kkt_residual: float
     r"""Relative KKT residual :math:`\min_{\alpha \in \Delta} \|J^\top\alpha\| / \max_i \|\nabla f_i\|`,
     after correction."""
@@ -80,7 +90,9 @@ class ContinuationPoint:
     hvps: int
     """Hessian-vector products among them (2 units each)."""
     accepted: bool
-    """On the front: residual under the path's tolerance and the traded objective improved."""
+    """The traded objective improved and the residual is under the path's tolerance (or the point was trained)."""
+    trained: bool = False
+    """Corrected by the training optimizer (``trainer``) rather than by Newton or MGDA."""
 
 
 @dataclass
@@ -155,12 +167,23 @@ class _Path:
     ) -> Tensor:
         r""":math:`(H_\alpha + \delta I)^{-1}` rhs by MINRES, from ``warm`` if given."""
         operator = self.operator(point, alpha)
-        base = torch.zeros_like(rhs) if warm is None else warm
-        residual = rhs if warm is None else rhs - operator(warm)
+        if warm is None:
+            return minres(operator, rhs, tol=min(1.0, tol), max_iter=max_iter).solution
+        residual = rhs - operator(warm)
         ratio = torch.linalg.vector_norm(rhs) / torch.linalg.vector_norm(residual).clamp_min(1e-300)
         # the warm start's correction is solved to the tolerance relative to rhs, not to its own residual
         result = minres(operator, residual, tol=min(1.0, tol * float(ratio)), max_iter=max_iter)
-        return base + result.solution
+        return warm + result.solution
+
+    def train(self, optimizer: torch.optim.Optimizer, alpha: Tensor, steps: int) -> None:
+        r"""``steps`` steps of ``optimizer`` on :math:`\alpha^\top f`, one backward each."""
+        for _ in range(steps):
+            optimizer.zero_grad()
+            with torch.enable_grad():
+                losses = torch.as_tensor(self.losses_of(self.model))
+                (alpha.to(losses.dtype) @ losses).backward()
+            optimizer.step()
+            self.cost += 1
 
     def correction(self, point: _Linearization, alpha: Tensor, newton: bool, solve_tol: float, max_iter: int) -> Tensor:
         r"""Newton's step on :math:`\nabla(\alpha^\top f) = 0`, or MGDA's :math:`-c\, d`,
@@ -194,9 +217,12 @@ def trace_path(
     solve_tol: float = 0.1,
     max_iter: int = 20,
     corrector: Corrector = "newton",
+    trainer: Callable[[list[Tensor]], torch.optim.Optimizer] | None = None,
+    train_steps: int = 50,
+    weight_step: float | None = None,
     start: int = 0,
 ) -> list[ContinuationPoint]:
-    r"""Continue the Pareto set from ``model`` (Pareto-stationary) toward objective ``objective``.
+    r"""Continue the Pareto set from ``model`` (Pareto-stationary, or near it with a ``trainer``) toward ``objective``.
 
     ``model`` is moved along the path and ends at its last accepted point. The steps are the
     module docstring's predictor and corrector; ``tol`` is the relative KKT residual a point
@@ -205,8 +231,11 @@ def trace_path(
     each step's cost is estimated from the last one's). Accepting, rejecting and sizing steps is
     control flow on the host, so a step reads it a few times: once per evaluation of :math:`J`
     (values and residual together), twice for the predictor (:math:`\|J^\top\beta\|`, then the
-    tangent's sign and length), once per corrector move (its length) and once per warm-started
-    solve (its tolerance); the solves themselves read as :func:`~torch_moo.functional.minres` does.
+    tangent's sign and length), once per corrector move (its length), once per warm-started
+    solve (its tolerance) and once per accepted step (how far the corrector moved); the solves
+    read as :func:`~torch_moo.functional.minres` does, the training steps as ``trainer`` does.
+    A trained step thus reads 5 times besides MINRES's checks (4 on a path's first step, whose
+    solve is not warm-started): ``tests/unit/test_continuation.py`` counts them.
 
     ``corrector="newton"`` holds the predicted weights and takes up to ``corrections`` Newton
     steps (each a MINRES solve to ``solve_tol``), stopping once the residual is under ``tol``;
@@ -214,6 +243,18 @@ def trace_path(
     by the curvature along it (one Hessian-vector product, so no learning rate): on a network,
     where the starts are not stationary, these also train the point, and they cost
     :math:`k + 3` units each against :math:`k + 1 + 2 \times` MINRES iterations.
+
+    ``trainer`` (for instance ``lambda params: torch.optim.Adam(params, lr=1e-2)``) builds the
+    path's training optimizer once, so its state carries from step to step. A step from a point
+    whose residual is above ``tol`` then takes ``train_steps`` steps of it on
+    :math:`\alpha'^\top f` after the predictor (fewer if the budget ends first) instead of the
+    corrector above, and is accepted when :math:`f_i` went down, whatever its residual; the path's
+    weights are then the predicted :math:`\alpha'` it was trained on, not the trained point's
+    min-norm weights.
+    On a damped, non-stationary point the tangent's length says little about how far the weights
+    should move (:math:`\sigma s/\|v\|` can exceed 1, which would put :math:`\alpha'` on
+    :math:`\beta` at once), so ``weight_step`` caps that fraction; a rejected step halves the
+    step actually taken.
 
     Args:
         model, losses: the starting model, moved in place, and ``losses(model)``, the loss vector
@@ -226,6 +267,11 @@ def trace_path(
         damping: :math:`\delta \ge 0`.
         solve_tol, max_iter: MINRES's relative tolerance and iteration cap per solve.
         corrector: ``"newton"`` or ``"mgda"``.
+        trainer: ``trainer(params)`` returns the optimizer that corrects steps from points above ``tol``;
+            ``None``: every point is corrected by ``corrector``.
+        train_steps: training steps per trained point, >= 1.
+        weight_step: the largest fraction :math:`t` of the way to :math:`\beta` the weights move per step,
+            > 0; ``None``: no cap.
         start: the index recorded in the points.
 
     Returns:
@@ -240,6 +286,11 @@ def trace_path(
         raise ValueError(f"max_step must be >= step_size ({step_size}), got {max_step}")
     check_count("corrections", corrections)
     check_choice("corrector", corrector, ("newton", "mgda"))
+    if trainer is not None and not callable(trainer):
+        raise TypeError(f"trainer must be None or a callable returning an optimizer, got {type(trainer).__name__}")
+    check_count("train_steps", train_steps)
+    if weight_step is not None:
+        check_real("weight_step", weight_step, minimum=0.0, strict=True)
     path = _Path(model, losses, check_real("damping", damping, minimum=0.0))
     here = path.linearize()
     k = here.jacobian.shape[0]
@@ -250,24 +301,35 @@ def trace_path(
     x, alpha, tangent, size = path.flat(), here.alpha, None, step_size
     points: list[ContinuationPoint] = []
     charged, last_cost = (0, 0), path.cost  # the first point pays for the start's linearization
+    optimizer = None if trainer is None else trainer(path.params)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"trainer must return a torch.optim.Optimizer, got {type(optimizer).__name__}")
     while size >= min_step and path.cost + last_cost <= budget:
         rhs = beta @ here.jacobian
         if float(torch.linalg.vector_norm(rhs)) == 0.0:  # the traded objective is stationary: an end
             break
         tangent = path.solve(here, alpha, rhs, tangent, solve_tol, max_iter)
         slope, length = torch.stack([rhs @ tangent, torch.linalg.vector_norm(tangent)]).tolist()  # one read
-        scale = (1.0 if slope >= 0 else -1.0) * size / length
+        scale = size / length if weight_step is None else min(size / length, weight_step)
+        taken = scale * length  # the step's length: under size where weight_step binds
+        scale = scale if slope >= 0 else -scale
         predicted = project_simplex(alpha + scale * (beta - beta.sum() * alpha))
         guess = x - scale * tangent
         path.assign(guess)
-        for newton in range(corrections + 1):
+        trained = optimizer is not None and here.residual > tol
+        if optimizer is not None and trained:  # the path is off the stationary set: train
+            path.train(optimizer, predicted, max(0, min(train_steps, budget - path.cost - k)))  # within the budget
             there = path.linearize()
-            if (there.residual <= tol and corrector == "newton") or newton == corrections:
-                break
-            move = path.correction(there, predicted, corrector == "newton", solve_tol, max_iter)
-            norm = float(torch.linalg.vector_norm(move))  # inf for MGDA along negative curvature
-            path.assign(path.flat() + move * min(1.0, size / max(norm, 1e-300)))  # trust region: the step length
-        accepted = there.residual <= tol and bool(there.values[objective] < here.values[objective])
+        else:
+            there = path.linearize()
+            for _ in range(corrections):
+                if there.residual <= tol and corrector == "newton":
+                    break
+                move = path.correction(there, predicted, corrector == "newton", solve_tol, max_iter)
+                norm = float(torch.linalg.vector_norm(move))  # inf for MGDA along negative curvature
+                path.assign(path.flat() + move * min(1.0, size / max(norm, 1e-300)))  # trust region: the step length
+                there = path.linearize()
+        accepted = (trained or there.residual <= tol) and bool(there.values[objective] < here.values[objective])
         last_cost = path.cost - charged[0]
         points.append(
             ContinuationPoint(
@@ -276,21 +338,22 @@ def trace_path(
                 start,
                 objective,
                 len(points) + 1,
-                size,
+                taken,
                 there.residual,
                 last_cost,
                 path.hvps - charged[1],
                 accepted,
+                trained,
             )
         )
         charged = (path.cost, path.hvps)
         if not accepted:  # back to x; its graph is rebuilt (the in-place moves invalidated it)
             path.assign(x)
             here = path.linearize()
-            size /= 2
+            size = taken / 2
             continue
         corrected = float(torch.linalg.vector_norm(path.flat() - guess))
-        x, here, alpha = path.flat(), there, there.alpha
+        x, here, alpha = path.flat(), there, predicted if trained else there.alpha
         size = min(max_step, size * 1.5) if corrected <= 0.25 * size else size  # the corrector barely moved
     path.assign(x)
     return points
@@ -302,7 +365,7 @@ def continue_front(
     *,
     budget: int,
     tol: float = 1e-3,
-    directions: Sequence[int] | Literal["extend"] | None = None,
+    directions: Sequence[int] | Literal["extend", "fill"] | None = None,
     start_corrections: int = 3,
     **path_kwargs: Any,
 ) -> list[ContinuationPoint]:
@@ -318,6 +381,8 @@ def continue_front(
     leaves unspent passes to the next. A path's tolerance is ``tol`` or the
     corrected start's own residual, whichever is larger: on a network the KKT residual of a
     trained model is rarely small, and a point is accepted when it is as stationary as its start.
+    With a ``trainer`` (see :func:`trace_path`) the tolerance is ``tol`` itself and the starts are
+    not Newton-corrected: a start above it is trained by its paths' steps instead.
 
     Args:
         models: the starting models (ideally near the front: trained on a scalarization).
@@ -326,10 +391,13 @@ def continue_front(
         tol: relative KKT residual for acceptance.
         directions: objective indices to trade toward from each start; ``"extend"``: one path
             toward each objective, from the start where that objective is smallest (the ends of
-            what the starts found, extended outward).
-        start_corrections: Newton steps correcting each start.
+            what the starts found, extended outward); ``"fill"``: from each start toward each objective
+            that another start has lower (the paths run between the starts, whose extremes anchor
+            the ends; a lone start goes both ways).
+        start_corrections: Newton steps correcting each start (none with a ``trainer``).
         **path_kwargs: :func:`trace_path`'s ``step_size``, ``min_step``, ``max_step``, ``corrections``,
-            ``damping``, ``solve_tol``, ``max_iter``, ``corrector``.
+            ``damping``, ``solve_tol``, ``max_iter``, ``corrector``, ``trainer``, ``train_steps``,
+            ``weight_step``.
 
     Returns:
         The corrected starts (``direction = -1``), then each path's points.
@@ -355,13 +423,16 @@ def continue_front(
     check_count("budget", budget)
     check_real("tol", tol, minimum=0.0, strict=True)
     check_count("start_corrections", start_corrections, minimum=0)
+    if directions not in (None, "extend", "fill") and isinstance(directions, str):
+        raise ValueError(f"directions must be None, 'extend', 'fill' or objective indices, got {directions!r}")
+    trained = path_kwargs.get("trainer") is not None
     corrected: list[tuple[nn.Module, _Linearization]] = []
     points: list[ContinuationPoint] = []
     for index, model in enumerate(models):
         copied = copy.deepcopy(model)
         path = _Path(copied, losses, float(path_kwargs.get("damping", 1e-3)))
         here = path.linearize()
-        for _ in range(start_corrections):
+        for _ in range(0 if trained else start_corrections):
             if here.residual <= tol:
                 break
             # tighter than the paths' solves (relative 1e-3, up to 50 HVPs): the start anchors its paths
@@ -380,8 +451,11 @@ def continue_front(
             )
         )
     k = len(points[0].values)
+    lowest = [int(torch.stack([p.values[i] for p in points]).argmin()) for i in range(k)]  # host values
     if directions == "extend":  # toward each objective, from the start where it is smallest
-        jobs = [(int(torch.stack([p.values[i] for p in points]).argmin()), i) for i in range(k)]
+        jobs = [(lowest[i], i) for i in range(k)]
+    elif directions == "fill":  # toward each objective that another start has lower
+        jobs = [(index, i) for index in range(len(models)) for i in range(k) if lowest[i] != index or len(models) == 1]
     else:
         chosen = list(range(k)) if directions is None else [check_count("directions", i, minimum=0) for i in directions]
         jobs = [(index, objective) for index in range(len(models)) for objective in chosen]
@@ -393,7 +467,7 @@ def continue_front(
             losses,
             objective,
             budget=max((budget - spent) // (len(jobs) - number), 0),
-            tol=max(tol, corrected[index][1].residual),
+            tol=tol if trained else max(tol, corrected[index][1].residual),
             start=index,
             **path_kwargs,
         )
