@@ -48,13 +48,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import socket
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from _torchrun import evaluate, identical_across_ranks, init_distributed  # examples/_torchrun.py
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -86,24 +86,6 @@ class MultiTaskMLP(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z = self.trunk(x)
         return z, self.left(z), self.right(z)
-
-
-def init_distributed(backend: str) -> tuple[int, int, torch.device]:
-    """Join torchrun's process group (or make a world of one); this rank, the world size, the device."""
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if "RANK" not in os.environ:  # plain ``python``: a one-process world, so the code path is the same
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if backend == "nccl":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group(backend)  # rank, world size and rendezvous from torchrun's environment
-    return dist.get_rank(), dist.get_world_size(), device
 
 
 def shard(model: MultiTaskMLP, device: torch.device, tp: int) -> DeviceMesh:
@@ -148,20 +130,6 @@ def whole(tensor: Tensor) -> Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-@torch.no_grad()
-def evaluate(model, data: list[Tensor]) -> tuple[float, float, float]:
-    """Mean cross-entropy of both tasks on ``data`` and the two accuracies; every rank runs the same
-    forward passes (FSDP gathers each layer's parameters)."""
-    images, left, right = data
-    outputs = [model(chunk)[1:] for chunk in images.split(1024)]
-    left_logits, right_logits = torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
-    return (
-        (cross_entropy(left_logits, left) + cross_entropy(right_logits, right)).item() / 2,
-        (left_logits.argmax(1) == left).float().mean().item(),
-        (right_logits.argmax(1) == right).float().mean().item(),
-    )
-
-
 def fingerprint(model, opt, sparse, device: torch.device) -> dict[str, Tensor]:
     """Everything that must agree across ranks (and with a run at another world size), gathered, flat float64."""
     state = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))  # gathers every shard
@@ -178,13 +146,6 @@ def fingerprint(model, opt, sparse, device: torch.device) -> dict[str, Tensor]:
         "optimizer state": flat(moments),
         "method state": flat(method),
     }
-
-
-def identical_across_ranks(tensor: Tensor) -> bool:
-    """Whether every rank holds exactly this tensor (all_gather, then compare with rank 0's)."""
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
-    return all(torch.equal(other, gathered[0]) for other in gathered)
 
 
 def main() -> None:

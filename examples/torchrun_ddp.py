@@ -36,12 +36,12 @@ import argparse
 import contextlib
 import hashlib
 import os
-import socket
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from _torchrun import evaluate, identical_across_ranks, init_distributed  # examples/_torchrun.py
 from torch.nn.functional import cross_entropy
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
@@ -59,24 +59,6 @@ class FeatureCNN(TwoHeadCNN):
     def forward(self, x: torch.Tensor):
         z = self.trunk(x)
         return z, self.left(z), self.right(z)
-
-
-def init_distributed(backend: str) -> tuple[int, int, torch.device]:
-    """Join torchrun's process group (or make a world of one); this rank, the world size, the device."""
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if "RANK" not in os.environ:  # plain ``python``: a one-process world, so the code path is the same
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if backend == "nccl":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group(backend)  # rank, world size and rendezvous from torchrun's environment
-    return dist.get_rank(), dist.get_world_size(), device
 
 
 def make_optimizer(method: str, params, lr: float):
@@ -102,20 +84,6 @@ def train_step(model, opt, batch, method: str) -> torch.Tensor:
     return losses.detach()
 
 
-@torch.no_grad()
-def evaluate(module, data) -> tuple[float, float, float]:
-    """Mean cross-entropy (both tasks) and the two accuracies on ``data``, computed on this rank."""
-    images, left, right = data
-    outputs = [module(chunk)[1:] for chunk in images.split(1024)]
-    left_logits, right_logits = torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
-    loss = (cross_entropy(left_logits, left) + cross_entropy(right_logits, right)).item() / 2
-    return (
-        loss,
-        (left_logits.argmax(1) == left).float().mean().item(),
-        (right_logits.argmax(1) == right).float().mean().item(),
-    )
-
-
 def fingerprint(module, opt, sparse) -> dict[str, torch.Tensor]:
     """Everything that must agree across ranks, each as one flat float64 vector."""
     method = [
@@ -126,13 +94,6 @@ def fingerprint(module, opt, sparse) -> dict[str, torch.Tensor]:
         "masks": torch.cat([m.reshape(-1).double() for m in sparse.masks.values()]),
         "method state": torch.cat(method) if method else torch.zeros(0, dtype=torch.float64),
     }
-
-
-def identical_across_ranks(tensor: torch.Tensor) -> bool:
-    """Whether every rank holds exactly this tensor (all_gather, then compare with rank 0's)."""
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
-    return all(torch.equal(other, gathered[0]) for other in gathered)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # each example runs in a Python process of its own
 
-EXAMPLES = {path.stem: path for path in sorted((Path(__file__).parents[2] / "examples").glob("*.py"))}
+EXAMPLES = {path.stem: path for path in sorted((Path(__file__).parents[2] / "examples").glob("[!_]*.py"))}
 
 
 @functools.cache
