@@ -1,10 +1,12 @@
 """What the torchrun examples (torchrun_ddp.py, fsdp_mtl.py) share: joining the process group, checking
-that the ranks agree, and scoring a two-task model."""
+that the ranks agree and saving what they hold, and scoring a two-task model."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -49,3 +51,26 @@ def evaluate(model, data: list[Tensor]) -> tuple[float, float, float]:
         (left_logits.argmax(1) == left).float().mean().item(),
         (right_logits.argmax(1) == right).float().mean().item(),
     )
+
+
+def report(checks: dict[str, Tensor], summary: str, out: Path | None, **record: object) -> None:
+    """Check that every rank holds the same ``checks`` and print them with their SHA-256; with ``out``,
+    save them with ``record`` to ``out/rank<r>.pt``; rank 0 prints ``summary``. Exits if the ranks disagree."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    identical = {name: identical_across_ranks(tensor) for name, tensor in checks.items()}
+    digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in checks.values())).hexdigest()
+    print(
+        f"rank {rank}: "
+        + ", ".join(f"{name} {'identical' if same else 'DIFFERENT'}" for name, same in identical.items())
+        + f" across {world_size} rank(s); sha256 {digest[:16]}",
+        flush=True,
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        saved = {"rank": rank, "world_size": world_size, "sha256": digest, "identical": identical}
+        torch.save({**saved, **{name: t.cpu() for name, t in checks.items()}, **record}, out / f"rank{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        print(summary)
+    if not all(identical.values()):
+        raise SystemExit(f"rank {rank}: ranks disagree: {identical}")

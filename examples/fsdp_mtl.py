@@ -46,7 +46,6 @@ the same code path: FSDP2 on a one-rank mesh).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from _torchrun import evaluate, identical_across_ranks, init_distributed  # examples/_torchrun.py
+from _torchrun import evaluate, init_distributed, report  # examples/_torchrun.py
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -235,39 +234,12 @@ def main() -> None:
         _, left_accuracy, right_accuracy = evaluate(model, test_data)
         sparsity = sparse.sparsity()  # every rank: it sums the sharded masks' counts across ranks
         checks = fingerprint(model, opt, sparse, device)
-        identical = {name: identical_across_ranks(tensor) for name, tensor in checks.items()}
-        digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in checks.values())).hexdigest()
-        print(
-            f"rank {rank}: "
-            + ", ".join(f"{name} {'identical' if same else 'DIFFERENT'}" for name, same in identical.items())
-            + f" across {world_size} rank(s); sha256 {digest[:16]}",
-            flush=True,
+        summary = (
+            f"training loss {loss_before:.3f} -> {loss_after:.3f}; held-out accuracy: left {left_accuracy:.3f}  "
+            f"right {right_accuracy:.3f}   sparsity {sparsity:.1%}   total {time.perf_counter() - begin:.1f} s"
         )
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {
-                    "rank": rank,
-                    "world_size": world_size,
-                    "epochs": (start, epochs),
-                    "sha256": digest,
-                    "identical": identical,
-                    **{name: t.cpu() for name, t in checks.items()},
-                    "loss_before": loss_before,
-                    "loss_after": loss_after,
-                    "epoch_losses": epoch_losses,
-                },
-                args.out / f"rank{rank}.pt",
-            )
-        dist.barrier()
-        if rank == 0:
-            print(
-                f"training loss {loss_before:.3f} -> {loss_after:.3f}; held-out accuracy: left {left_accuracy:.3f}  "
-                f"right {right_accuracy:.3f}   "
-                f"sparsity {sparsity:.1%}   total {time.perf_counter() - begin:.1f} s"
-            )
-        if not all(identical.values()):
-            raise SystemExit(f"rank {rank}: ranks disagree: {identical}")
+        record = dict(loss_before=loss_before, loss_after=loss_after, epoch_losses=epoch_losses, epochs=(start, epochs))
+        report(checks, summary, args.out, **record)
     finally:
         dist.destroy_process_group()
 

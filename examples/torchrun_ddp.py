@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from _torchrun import evaluate, identical_across_ranks, init_distributed  # examples/_torchrun.py
+from _torchrun import evaluate, init_distributed, report  # examples/_torchrun.py
 from torch.nn.functional import cross_entropy
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
@@ -157,36 +156,11 @@ def main() -> None:
 
         loss_after, left, right = evaluate(model.module, train_data)[0], *evaluate(model.module, test_data)[1:]
         checks = fingerprint(model.module, opt, sparse)
-        identical = {name: identical_across_ranks(tensor) for name, tensor in checks.items()}
-        digest = hashlib.sha256(b"".join(t.cpu().numpy().tobytes() for t in checks.values())).hexdigest()
-        print(
-            f"rank {rank}: "
-            + ", ".join(f"{name} {'identical' if same else 'DIFFERENT'}" for name, same in identical.items())
-            + f" across {world_size} rank(s); sha256 {digest[:16]}",
-            flush=True,
+        summary = (
+            f"training loss {loss_before:.3f} -> {loss_after:.3f}; held-out accuracy: left {left:.3f}  "
+            f"right {right:.3f}   sparsity {sparse.sparsity():.1%}   total {time.perf_counter() - begin:.1f} s"
         )
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {
-                    "rank": rank,
-                    "world_size": world_size,
-                    "sha256": digest,
-                    "identical": identical,
-                    **{name: t.cpu() for name, t in checks.items()},
-                    "loss_before": loss_before,
-                    "loss_after": loss_after,
-                },
-                args.out / f"rank{rank}.pt",
-            )
-        dist.barrier()
-        if rank == 0:
-            print(
-                f"training loss {loss_before:.3f} -> {loss_after:.3f}; held-out accuracy: left {left:.3f}  "
-                f"right {right:.3f}   sparsity {sparse.sparsity():.1%}   total {time.perf_counter() - begin:.1f} s"
-            )
-        if not all(identical.values()):
-            raise SystemExit(f"rank {rank}: ranks disagree: {identical}")
+        report(checks, summary, args.out, loss_before=loss_before, loss_after=loss_after)
     finally:
         dist.destroy_process_group()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, TypeGuard
 
 from torch import Tensor
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
 
 __all__ = [
+    "by_shard_weight",
     "check_unsharded",
     "distinct_shards",
     "full",
@@ -109,3 +110,12 @@ def shard_weight(tensor: Tensor) -> float:
     dimensions, and ranks outside the mesh that hold the same parameter on a mesh of their own,
     whose data-parallel gradients the sharding engine has already averaged)."""
     return distinct_shards(tensor) / world_size()
+
+
+def by_shard_weight(tensors: Sequence[Tensor]) -> dict[float, list[int]]:
+    """The indices of the DTensors among ``tensors``, grouped by :func:`shard_weight` (in order)."""
+    groups: dict[float, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        if is_sharded(tensor):
+            groups.setdefault(shard_weight(tensor), []).append(index)
+    return groups

@@ -290,8 +290,12 @@ class MultiObjectiveOptimizer(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict plus a ``"torch_moo"`` entry with the method's configuration and state."""
         state = super().state_dict()
-        state[STATE_KEY] = {"version": FORMAT_VERSION, "config": self._config(), "state": self._method_state()}
+        state[STATE_KEY] = self._entry()
         return state
+
+    def _entry(self) -> dict[str, Any]:
+        """The ``"torch_moo"`` entry of :meth:`state_dict`: the format version, configuration and method state."""
+        return {"version": FORMAT_VERSION, "config": self._config(), "state": self._method_state()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a state dict from :meth:`state_dict` of an identically configured optimizer.
@@ -360,11 +364,6 @@ class MultiObjectiveOptimizer(Optimizer):
         saved = check_saved_keys(f"state_dict[{STATE_KEY!r}]", entry, {"version", "config", "state"})
         check_saved_config(f"state_dict[{STATE_KEY!r}]['config']", saved["config"], self._config(), name)
         return self._check_method_state(saved["state"])
-
-    def _load_entry(self, entry: object) -> None:
-        """Load the ``"torch_moo"`` entry alone (the base's state loaded elsewhere, e.g. by
-        :mod:`torch.distributed.checkpoint`); all checked first, as :meth:`load_state_dict` does."""
-        self._install(self._check_entry(entry))
 
     def _install(self, method_state: dict[str, Any]) -> None:
         """Load checked method state; nothing is pending after a load."""

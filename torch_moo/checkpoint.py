@@ -54,7 +54,7 @@ def get_state_dict(
         model_state, optimizer_state = dcp_state.get_state_dict(model, _base(optimizer), options=options)
     state: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
     if isinstance(optimizer, MultiObjectiveOptimizer):
-        state[STATE_KEY] = optimizer.state_dict()[STATE_KEY]
+        state[STATE_KEY] = optimizer._entry()
     if controller is not None:
         state["sparsity"] = sparsity = controller.state_dict()
         if sparsity["generator"] is not None:  # rank 0's draws are the ones taken: its generator is saved
@@ -79,14 +79,14 @@ def set_state_dict(
     Raises:
         ValueError: ``state`` lacks an entry the objects need, or one of them refuses its entry.
     """
+    moo = optimizer if isinstance(optimizer, MultiObjectiveOptimizer) else None
     expected = ["model", "optimizer"]
-    expected += [STATE_KEY] if isinstance(optimizer, MultiObjectiveOptimizer) else []
+    expected += [STATE_KEY] if moo is not None else []
     expected += ["sparsity"] if controller is not None else []
     missing = [key for key in expected if key not in state]
     if missing:
         raise ValueError(f"state lacks {missing}: it was not saved by get_state_dict with these objects")
-    if isinstance(optimizer, MultiObjectiveOptimizer):
-        optimizer._check_entry(state[STATE_KEY])
+    method_state = None if moo is None else moo._check_entry(state[STATE_KEY])  # before anything loads
     dcp_state.set_state_dict(
         model,
         _base(optimizer),
@@ -94,9 +94,9 @@ def set_state_dict(
         optim_state_dict=state["optimizer"],
         options=options,
     )
-    if isinstance(optimizer, MultiObjectiveOptimizer):
-        optimizer._share_base()  # the base's load made new state and groups: share them again (schedulers)
-        optimizer._load_entry(state[STATE_KEY])
+    if moo is not None and method_state is not None:
+        moo._share_base()  # the base's load made new state and groups: share them again (schedulers)
+        moo._install(method_state)
     if controller is not None:
         controller.load_state_dict(state["sparsity"])
 

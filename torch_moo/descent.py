@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from torch_moo import engine
-from torch_moo._sharding import is_sharded, local, shard_weight, sharded_like
+from torch_moo._sharding import by_shard_weight, is_sharded, local, sharded_like
 from torch_moo._validation import Nonfinite, all_finite, check_choice, check_real
 from torch_moo.base import MultiObjectiveOptimizer
 from torch_moo.distributed import mean_across_ranks, sum_across_ranks, world_size
@@ -188,8 +188,8 @@ class JacobianDescent(MultiObjectiveOptimizer):
             return engine.combine_features(losses, features, seed, weigh, heads=self.heads, retain_graph=retain_graph)
         if self.moments is not None:
             return self._combine_moments(losses, seed, weigh, retain_graph, seed if scaler is not None else None)
-        params = self._params()
-        return engine.combine_parameters(losses, params, seed, weigh, heads=self.heads, retain_graph=retain_graph)
+        combine = engine.combine_sharded if self._sharded else engine.combine_parameters
+        return combine(losses, self._params(), seed, weigh, heads=self.heads, retain_graph=retain_graph)
 
     def _combine_gramian(
         self, gramian: GramianEngine, losses: Tensor, seed: Tensor, values: Tensor, retain_graph: bool
@@ -220,9 +220,7 @@ class JacobianDescent(MultiObjectiveOptimizer):
         if pending.moments is not None:
             raise RuntimeError("moments take one backward() per step(): call step() (or zero_grad()) first")
         params = self._params()
-        pieces, reach = self._objective_pieces(losses, params, seed, retain_graph)
-        if scale is not None:
-            pieces = [piece / scale for piece in pieces]
+        pieces, reach = self._objective_pieces(losses, params, seed, retain_graph, scale)
         beta1, beta2 = self.moments  # type: ignore[misc]
         k = self.num_objectives
         pending.moments = {}
@@ -256,13 +254,15 @@ class JacobianDescent(MultiObjectiveOptimizer):
         return weights
 
     def _objective_pieces(
-        self, losses: Tensor, params: list[Tensor], seed: Tensor, retain_graph: bool
+        self, losses: Tensor, params: list[Tensor], seed: Tensor, retain_graph: bool, scale: Tensor | None
     ) -> tuple[list[Tensor], list[list[int]]]:
         """Each parameter's ``k x n`` block of the Jacobian (its local shard's, for a DTensor; a plain
-        parameter's averaged across ranks), and which objectives reach it."""
+        parameter's averaged across ranks) divided by ``scale`` if given, and which objectives reach it."""
         if not self._sharded:
             rows = engine.objective_gradients(losses, params, seed, retain_graph)
             matrix = mean_across_ranks(engine.jacobian(rows, params, range(len(params))))
+            if scale is not None:
+                matrix = matrix / scale
             return list(matrix.split([p.numel() for p in params], dim=1)), engine.reached(rows)
         rows = engine.backward_gradients(losses, params, seed, retain_graph)
         shards = [local(p.detach()) for p in params]
@@ -271,7 +271,8 @@ class JacobianDescent(MultiObjectiveOptimizer):
         averaged = mean_across_ranks(engine.jacobian(local_rows, shards, plain))  # as under DDP
         pieces = dict(zip(plain, averaged.split([shards[j].numel() for j in plain], dim=1)))
         pieces |= {j: engine.jacobian(local_rows, shards, [j]) for j, p in enumerate(params) if is_sharded(p)}
-        return [pieces[j] for j in range(len(params))], engine.reached(rows)
+        blocks = [pieces[j] if scale is None else pieces[j] / scale for j in range(len(params))]
+        return blocks, engine.reached(rows)
 
     def _shared_gram(self, shared: list[tuple[Tensor, Tensor]], like: Tensor) -> Tensor:
         """The float64 Gram matrix of the shared parameters' directions ``(u, p)``; with DTensor parameters,
@@ -279,11 +280,8 @@ class JacobianDescent(MultiObjectiveOptimizer):
         gram = _gram_float64([u for u, p in shared if not is_sharded(p)] or [like[:, :0]])
         if not self._sharded:
             return gram
-        by_weight: dict[float, list[Tensor]] = {}
-        for u, p in shared:
-            if is_sharded(p):
-                by_weight.setdefault(shard_weight(p), []).append(u)
-        blocks = (c * _gram_float64(us) for c, us in by_weight.items())
+        groups = by_shard_weight([p for _, p in shared])
+        blocks = (c * _gram_float64([shared[i][0] for i in group]) for c, group in groups.items())
         return gram + sum_across_ranks(sum(blocks, torch.zeros_like(gram)))
 
     def _commit(self, values: Tensor) -> None:

@@ -36,12 +36,12 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from torch_moo._sharding import is_sharded, local, placed_like, shard_weight, sharded_like
+from torch_moo._sharding import by_shard_weight, is_sharded, local, placed_like, sharded_like
 from torch_moo.distributed import mean_across_ranks, means_across_ranks, sum_across_ranks
 from torch_moo.functional._scale import power_of_two
 from torch_moo.functional.mgda import _scale_to_unit_, _unit_gram
 
-__all__ = ["HEAD_GRADIENTS", "HeadGradient", "Weigh", "combine_features", "combine_parameters"]
+__all__ = ["HEAD_GRADIENTS", "HeadGradient", "Weigh", "combine_features", "combine_parameters", "combine_sharded"]
 
 HeadGradient = Literal["own", "weighted"]
 HEAD_GRADIENTS: tuple[HeadGradient, ...] = ("own", "weighted")
@@ -61,9 +61,8 @@ def combine_parameters(
     heads: HeadGradient,
     retain_graph: bool,
 ) -> Tensor:
-    """The full mode: write the combination into the parameters' ``.grad``; return the weights."""
-    if any(is_sharded(p) for p in params):
-        return combine_sharded(losses, params, seed, weigh, heads=heads, retain_graph=retain_graph)
+    """The full mode: write the combination into the parameters' ``.grad``; return the weights
+    (:func:`combine_sharded` where some parameters are DTensors)."""
     rows = objective_gradients(losses, params, seed, retain_graph)
     reach = reached(rows)
     shared = [j for j in range(len(params)) if len(reach[j]) > 1]
@@ -140,10 +139,7 @@ def combine_sharded(
     own_plain = [j for j in own if not is_sharded(params[j])]
     # the plain parameters' rows and own gradients averaged across ranks, as under DDP: one all-reduce
     averaged = means_across_ranks([jacobian(rows, shards, plain), *(_own(rows, reach, j) for j in own_plain)])
-    by_weight: dict[float, list[int]] = {}
-    for j in shared:
-        if is_sharded(params[j]):
-            by_weight.setdefault(shard_weight(params[j]), []).append(j)
+    by_weight = {c: [shared[i] for i in group] for c, group in by_shard_weight([params[j] for j in shared]).items()}
     local_rows = [tuple(None if g is None else local(g) for g in row) for row in rows]
     groups = [(plain, averaged[0])] + [(js, jacobian(local_rows, shards, js)) for js in by_weight.values()]
     exponents = [_scale_to_unit_(matrix) for _, matrix in groups]
